@@ -1,0 +1,1 @@
+"""MNIST research codebase: TFDS input, a GradientTape loop under tf.distribute."""

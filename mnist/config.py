@@ -1,0 +1,91 @@
+"""The typed training config: one frozen dataclass, validated before TensorFlow loads.
+
+This module must not import TensorFlow, so a bad flag fails in milliseconds.
+"""
+import dataclasses
+from typing import Optional
+
+from mnist import errors
+
+STRATEGIES = ('default', 'one_device', 'mirrored')
+PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a training run depends on. Defaults reproduce the seed recipe."""
+  model_dir: str = 'runs/mnist'
+  dataset: str = 'mnist'
+  data_dir: Optional[str] = None  # TFDS data_dir; None means TFDS's default.
+  tfds_manual_dir: Optional[str] = None  # Folder with the dataset's original files.
+  train_split: str = 'train'
+  eval_split: str = 'test'
+  epochs: int = 5
+  batch_size: int = 64  # Global: split evenly across replicas.
+  eval_batch_size: int = 1000
+  learning_rate: float = 1e-3
+  dropout_rate: float = 0.5
+  seed: int = 0
+  strategy: str = 'default'
+  cpu_devices: int = 1
+  jit_compile: bool = False
+  mixed_precision: str = 'float32'
+  log_every_steps: int = 100
+  steps_per_loop: int = 1  # Train steps per tf.function call.
+  checkpoints_to_keep: int = 3
+
+  def replace(self, **changes) -> 'TrainConfig':
+    return dataclasses.replace(self, **changes)
+
+  def validate(self) -> 'TrainConfig':
+    """Raises ConfigError naming every invalid value; returns self when valid."""
+    problems = []
+    def check(ok, message):
+      if not ok:
+        problems.append(message)
+
+    check(bool(self.model_dir), '--model_dir must not be empty.')
+    check(bool(self.dataset), '--dataset must not be empty.')
+    check(self.epochs >= 0, f'--epochs must be >= 0, got {self.epochs}.')
+    check(self.batch_size > 0, f'--batch_size must be > 0, got {self.batch_size}.')
+    check(self.eval_batch_size > 0,
+          f'--eval_batch_size must be > 0, got {self.eval_batch_size}.')
+    check(self.learning_rate > 0,
+          f'--learning_rate must be > 0, got {self.learning_rate}.')
+    check(0 <= self.dropout_rate < 1,
+          f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
+    check(self.strategy in STRATEGIES,
+          f'--strategy must be one of {", ".join(STRATEGIES)}; got {self.strategy!r}.')
+    check(self.mixed_precision in PRECISIONS,
+          f'--mixed_precision must be one of {", ".join(PRECISIONS)}; '
+          f'got {self.mixed_precision!r}.')
+    check(self.cpu_devices >= 1, f'--cpu_devices must be >= 1, got {self.cpu_devices}.')
+    check(self.cpu_devices == 1 or self.strategy == 'mirrored',
+          f'--cpu_devices={self.cpu_devices} only makes sense with --strategy=mirrored.')
+    check(self.log_every_steps > 0,
+          f'--log_every_steps must be > 0, got {self.log_every_steps}.')
+    check(self.steps_per_loop > 0,
+          f'--steps_per_loop must be > 0, got {self.steps_per_loop}.')
+    check(self.checkpoints_to_keep > 0,
+          f'--checkpoints_to_keep must be > 0, got {self.checkpoints_to_keep}.')
+    # Without GPUs, mirrored runs one replica per logical CPU device, so the
+    # replica count is known now; with GPUs it is checked once devices are listed.
+    if self.strategy == 'mirrored' and self.batch_size > 0 and self.eval_batch_size > 0:
+      check_divisible(self, self.cpu_devices, problems)
+    if problems:
+      raise errors.ConfigError(' '.join(problems))
+    return self
+
+
+def check_divisible(config: TrainConfig, num_replicas: int, problems=None):
+  """Global batches must split evenly: each replica gets batch/num_replicas."""
+  found = []
+  for name in ('batch_size', 'eval_batch_size'):
+    value = getattr(config, name)
+    if value % num_replicas:
+      found.append(f'--{name}={value} is not divisible by the {num_replicas} replicas; '
+                   f'use a multiple of {num_replicas}.')
+  if problems is not None:
+    problems.extend(found)
+  elif found:
+    raise errors.ConfigError(' '.join(found))

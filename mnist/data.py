@@ -1,0 +1,187 @@
+"""Input: TFDS splits streamed into tf.data pipelines (cache, shuffle, batch, prefetch).
+
+Images stay uint8 in the cache (4x less memory than float32) and are normalised
+to float32 [0, 1] once per batch, where the work is vectorised.
+"""
+import dataclasses
+import hashlib
+import os
+import socket
+from typing import Optional
+from urllib import parse
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mnist import errors
+
+_NETWORK_PROBE_SECONDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """Unbatched (uint8 image [H, W, C], int64 label) datasets and their sizes.
+
+  Tests build one from tensors and pass it to `train.run(datasets_override=...)`.
+  """
+  train: tf.data.Dataset
+  eval: tf.data.Dataset
+  num_train: int
+  num_eval: int
+  num_classes: int
+  image_shape: tuple
+
+
+def load_splits(dataset: str, train_split: str, eval_split: str,
+                data_dir: Optional[str] = None,
+                manual_dir: Optional[str] = None) -> Splits:
+  """Loads two TFDS splits, preparing the dataset first if needed."""
+  builder = _builder(dataset, data_dir)
+  if not builder.is_prepared():
+    prepare(builder, manual_dir)
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise errors.DataError(f'--dataset={dataset} is not an image-classification dataset '
+                           "(it needs 'image' and 'label' features).")
+  datasets, sizes = [], []
+  for flag, split in (('train_split', train_split), ('eval_split', eval_split)):
+    try:
+      ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+      size = int(ds.cardinality())  # TFDS knows it; mock data has no split info.
+      if size < 0:
+        size = builder.info.splits[split].num_examples
+    except (ValueError, KeyError, AssertionError) as e:
+      raise errors.DataError(f'--{flag}={split!r} is not a valid split of {dataset} '
+                             f'(it has {", ".join(builder.info.splits)}): {e}') from None
+    datasets.append(ds)
+    sizes.append(size)
+  return Splits(train=datasets[0], eval=datasets[1], num_train=sizes[0],
+                num_eval=sizes[1], num_classes=features['label'].num_classes,
+                image_shape=tuple(features['image'].shape))
+
+
+def _builder(dataset: str, data_dir: Optional[str]):
+  try:
+    return tfds.builder(dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise errors.DataError(f'--dataset={dataset!r} is not a TFDS dataset; see '
+                           'tfds.list_builders() for the names, e.g. mnist.') from None
+
+
+def prepare(builder, manual_dir: Optional[str]):
+  """Builds the dataset from `manual_dir`, or downloads it, failing fast with a clear error.
+
+  TFDS itself verifies each file's size and sha256; checking them first lets us
+  name the bad file, and spares a minutes-long download retry loop offline.
+  """
+  expected = builder.url_infos or {}
+  if manual_dir:
+    if not os.path.isdir(manual_dir):
+      raise errors.DataError(f'The TFDS manual dir {manual_dir} does not exist. '
+                             + _needed_files_text(builder.name, expected))
+    _verify_files(builder.name, manual_dir, expected)
+  elif expected and not _reachable(expected):
+    raise errors.DataError(f'{builder.name} is not prepared in {builder.data_dir} and '
+                           'cannot be downloaded (no network). '
+                           + _needed_files_text(builder.name, expected))
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except Exception as e:  # TFDS raises many types; name the step that failed.
+    raise errors.DataError(f'TFDS could not prepare {builder.name} from '
+                           f'{manual_dir or "the network"}: {e}') from e
+
+
+def _verify_files(name, manual_dir, expected):
+  problems = []
+  for info in expected.values():
+    path = os.path.join(manual_dir, info.filename)
+    if not os.path.exists(path):
+      problems.append(f'{info.filename} is missing (expected sha256 {info.checksum})')
+      continue
+    size, expected_size = os.path.getsize(path), int(info.size)
+    if size != expected_size:
+      problems.append(f'{path} has {size} bytes, expected {expected_size} '
+                      f'(truncated or wrong file; expected sha256 {info.checksum})')
+    elif _sha256(path) != info.checksum:
+      problems.append(f'{path} has the wrong checksum (expected sha256 {info.checksum})')
+  if problems:
+    raise errors.DataError(f'The TFDS manual dir {manual_dir} cannot build {name}: '
+                           + '; '.join(problems) + '.')
+
+
+def _needed_files_text(name, expected):
+  if not expected:
+    return f'Put the original files of {name} in a folder and pass it as --tfds_manual_dir.'
+  files = ', '.join(f'{i.filename} (sha256 {i.checksum})' for i in expected.values())
+  return (f'{name} needs these files: {files}. Put them in one folder and pass it as '
+          '--tfds_manual_dir=DIR or set TFDS_MANUAL_DIR=DIR.')
+
+
+def _sha256(path):
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _reachable(expected) -> bool:
+  """True if the first download host accepts a TCP connection within a few seconds."""
+  url = parse.urlparse(next(iter(expected)))
+  port = url.port or (443 if url.scheme == 'https' else 80)
+  try:
+    socket.create_connection((url.hostname, port), timeout=_NETWORK_PROBE_SECONDS).close()
+    return True
+  except OSError:
+    return False
+
+
+def normalize(images, labels):
+  """uint8 [0, 255] -> float32 [0, 1]; labels int32 (what sparse CE and argmax compare)."""
+  return tf.cast(images, tf.float32) / 255.0, tf.cast(labels, tf.int32)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """The shuffle seed of one epoch: the order depends only on (seed, epoch), so a
+  resumed run replays exactly the order the interrupted one would have seen."""
+  return (seed * 1_000_003 + epoch) % (2**31 - 1)
+
+
+def train_pipeline(cached: tf.data.Dataset, num_examples: int, batch_size: int,
+                   seed: int, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+  """One epoch of shuffled, full, normalised batches from an already-cached dataset.
+
+  The last partial batch is dropped so every step has the same global batch
+  (and static shapes); the shuffle draws different examples into it each epoch.
+  """
+  ds = cached.shuffle(num_examples, seed=epoch_seed(seed, epoch),
+                      reshuffle_each_iteration=False)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  return ds.map(normalize).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_pipeline(cached: tf.data.Dataset, num_examples: int,
+                  batch_size: int) -> tf.data.Dataset:
+  """Every example exactly once, in order, as (images, labels, weights) full batches.
+
+  The last batch is padded with weight-0 examples instead of left partial: every
+  replica then gets a non-empty batch of one static shape (an empty replica
+  batch crashes oneDNN's conv kernels), and the weights keep the count exact.
+  """
+  padding = -num_examples % batch_size
+  element_spec = cached.element_spec
+  pad = tf.data.Dataset.from_tensors(
+      (tf.zeros(element_spec[0].shape, element_spec[0].dtype),
+       tf.zeros(element_spec[1].shape, element_spec[1].dtype))).repeat(padding)
+  weighted = cached.map(lambda image, label: (image, label, 1.0)).concatenate(
+      pad.map(lambda image, label: (image, label, 0.0)))
+  return weighted.batch(batch_size).map(
+      lambda images, labels, weights: (*normalize(images, labels), weights)
+  ).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  return num_examples // batch_size

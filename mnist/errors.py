@@ -1,0 +1,27 @@
+"""Errors a user can act on. Scripts print their message as one paragraph and exit.
+
+Each class carries its own exit status so a caller (a shell loop, a launcher, CI)
+can tell a bad input from a diverged run without parsing text.
+"""
+
+
+class Error(Exception):
+  """Base: a problem with what the user asked for, not a bug in the code."""
+  exit_code = 2
+
+
+class ConfigError(Error):
+  """Invalid flag values or combinations."""
+
+
+class DataError(Error):
+  """Missing, truncated or corrupt data, or an unknown dataset or split."""
+
+
+class CheckpointError(Error):
+  """A checkpoint that cannot be restored into this model, or a model_dir problem."""
+
+
+class TrainingDivergedError(Error):
+  """The loss or a gradient became NaN or Inf."""
+  exit_code = 3

@@ -1,0 +1,22 @@
+"""Trains the MNIST CNN; rerunning with the same --model_dir resumes.
+
+  python scripts/train.py --model_dir=runs/mnist
+  python scripts/train.py --flagfile=configs/seed.flags
+"""
+import json
+
+from mnist import cli
+
+cli.define_train_flags()
+
+
+def main(argv):
+  del argv
+  config = cli.train_config_from_flags()  # Validated before TensorFlow loads.
+  from mnist import train  # pylint: disable=g-import-not-at-top
+  results = train.run(config)
+  print(json.dumps(results), flush=True)  # The last line of stdout.
+
+
+if __name__ == '__main__':
+  cli.run(main)

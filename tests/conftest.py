@@ -1,0 +1,50 @@
+"""Shared fixtures. Tests inject data and strategies; they download nothing."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnist import data
+from mnist import distribute
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_MNIST = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'mnist')
+
+# Two logical CPUs before TensorFlow initialises, so one process can test both
+# the default strategy and MirroredStrategy over 2 replicas.
+distribute.split_cpu(2)
+
+
+def synthetic_splits(num_train=512, num_eval=300, seed=0) -> data.Splits:
+  """A learnable 10-class toy: each label lights its own 4x4 patch, plus noise."""
+  rng = np.random.default_rng(seed)
+  def make(n):
+    labels = rng.integers(0, 10, size=n)
+    images = rng.integers(0, 60, size=(n, 28, 28, 1))
+    for i, label in enumerate(labels):
+      row, col = divmod(int(label), 5)
+      images[i, 4 + 10 * row:8 + 10 * row, 2 + 5 * col:6 + 5 * col, 0] = 255
+    return tf.data.Dataset.from_tensor_slices((images.astype(np.uint8),
+                                               labels.astype(np.int64)))
+  return data.Splits(train=make(num_train), eval=make(num_eval), num_train=num_train,
+                     num_eval=num_eval, num_classes=10, image_shape=(28, 28, 1))
+
+
+@pytest.fixture
+def splits():
+  return synthetic_splits()
+
+
+@pytest.fixture
+def mirrored2():
+  return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+
+
+@pytest.fixture
+def manual_dir():
+  """The real MNIST files; CI always has them beside the checkout."""
+  path = os.environ.get('TFDS_MANUAL_DIR') or SHARED_MNIST
+  if not os.path.isdir(path):
+    pytest.fail(f'Real-data tests need the MNIST files in {SHARED_MNIST} or $TFDS_MANUAL_DIR.')
+  return path

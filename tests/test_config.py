@@ -1,0 +1,61 @@
+"""Flag validation: clear messages, before TensorFlow does any work."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mnist import config as config_lib
+from mnist import errors
+
+from conftest import REPO
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'batch_size': 0}, '--batch_size must be > 0'),
+    ({'epochs': -1}, '--epochs must be >= 0'),
+    ({'strategy': 'tpu_pod'}, '--strategy must be one of'),
+    ({'mixed_precision': 'float8'}, '--mixed_precision must be one of'),
+    ({'strategy': 'mirrored', 'cpu_devices': 2, 'batch_size': 63},
+     '--batch_size=63 is not divisible by the 2 replicas'),
+    ({'cpu_devices': 2}, 'only makes sense with --strategy=mirrored'),
+    ({'learning_rate': 0.0}, '--learning_rate must be > 0'),
+    ({'dropout_rate': 1.0}, '--dropout_rate must be in [0, 1)'),
+])
+def test_invalid_config_names_the_problem(changes, message):
+  with pytest.raises(errors.ConfigError, match=message.replace('[', r'\[').replace(')', r'\)')):
+    config_lib.TrainConfig(**changes).validate()
+
+
+def test_every_problem_is_reported_at_once():
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.TrainConfig(batch_size=0, epochs=-2).validate()
+  assert '--batch_size' in str(e.value) and '--epochs' in str(e.value)
+
+
+def test_defaults_are_the_seed_recipe():
+  config = config_lib.TrainConfig().validate()
+  assert (config.epochs, config.batch_size, config.learning_rate) == (5, 64, 1e-3)
+
+
+def _run_script(*args, env=None):
+  return subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'train.py'), *args],
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, **(env or {})})
+
+
+def test_script_rejects_bad_flags_before_loading_tensorflow():
+  # A sitecustomize-free way to prove TF was never imported: make importing it fail.
+  poison = os.path.join(REPO, 'tests', 'poison_tensorflow')
+  result = _run_script('--batch_size=0', '--epochs=-1',
+                       env={'PYTHONPATH': poison + os.pathsep + REPO})
+  assert result.returncode == 2, result.stderr
+  assert 'error: --epochs must be >= 0' in result.stderr
+  assert '--batch_size must be > 0' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_script_rejects_unknown_flag_value_types():
+  result = _run_script('--epochs=five')
+  assert result.returncode != 0
+  assert 'epochs' in result.stderr and 'Traceback' not in result.stderr

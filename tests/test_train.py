@@ -1,0 +1,150 @@
+"""The training loop on injected data and strategies: results, resume, replicas, precision."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from mnist import config as config_lib
+from mnist import data
+from mnist import errors
+from mnist import model as model_lib
+from mnist import train
+
+from conftest import synthetic_splits
+
+
+def _config(tmp_path, **changes):
+  return config_lib.TrainConfig(model_dir=str(tmp_path / 'run'), epochs=2, batch_size=32,
+                                eval_batch_size=128, log_every_steps=5).replace(**changes)
+
+
+def _scalar_tags(run_dir):
+  """TF2 writes scalars as tensor summaries; TensorBoard reads them back the same way."""
+  accumulator = event_accumulator.EventAccumulator(run_dir, size_guidance={'tensors': 0})
+  accumulator.Reload()
+  return {tag: [float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
+          for tag in accumulator.Tags()['tensors']}
+
+
+def test_run_trains_evaluates_and_writes_everything_a_user_inspects(tmp_path, splits):
+  config = _config(tmp_path, epochs=3, steps_per_loop=3)
+  results = train.run(config, datasets_override=splits)
+
+  assert results['test_examples'] == 300  # 128 + 128 + a partial 44.
+  assert results['test_accuracy'] > 0.9  # The toy task is easy; untrained is ~0.1.
+  assert results['global_step'] == 3 * (512 // 32)
+  assert results['epochs_completed'] == 3
+  assert results['train_seconds'] > 0 and len(results['weights_sha256']) == 64
+  with open(os.path.join(config.model_dir, 'results.json')) as f:
+    assert json.load(f) == results
+  train_scalars = _scalar_tags(os.path.join(config.model_dir, 'train'))
+  assert {'loss', 'accuracy', 'learning_rate', 'images_per_sec'} <= set(train_scalars)
+  assert len(train_scalars['loss']) >= 48 // 5
+  eval_scalars = _scalar_tags(os.path.join(config.model_dir, 'eval'))
+  assert len(eval_scalars['accuracy']) == 3
+  assert eval_scalars['accuracy'][-1] == pytest.approx(results['test_accuracy'])
+  assert tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
+
+
+def test_rerun_resumes_without_redoing_epochs_and_more_epochs_continue(tmp_path, splits):
+  config = _config(tmp_path, epochs=1)
+  first = train.run(config, datasets_override=splits)
+  again = train.run(config, datasets_override=splits)
+  assert again['global_step'] == first['global_step'] == 16
+  assert again['weights_sha256'] == first['weights_sha256']
+  assert again['test_accuracy'] == first['test_accuracy']
+  longer = train.run(config.replace(epochs=2), datasets_override=splits)
+  assert (longer['global_step'], longer['epochs_completed']) == (32, 2)
+  assert longer['weights_sha256'] != first['weights_sha256']
+
+
+def _train_k_steps(strategy, config, splits, k):
+  state = train.create_state(config, splits, strategy)
+  steps = train.make_train_steps(state, strategy, config.batch_size)
+  dataset = data.train_pipeline(splits.train.cache(), splits.num_train, config.batch_size,
+                                config.seed, epoch=0)
+  iterator = iter(strategy.experimental_distribute_dataset(dataset))
+  totals = steps(iterator, tf.constant(k)).numpy()
+  eval_step = train.make_eval_step(state.model, strategy)
+  metrics = train.evaluate(eval_step, strategy.experimental_distribute_dataset(
+      data.eval_pipeline(splits.eval, splits.num_eval, config.eval_batch_size)))
+  return [w.numpy() for w in state.model.weights], totals, metrics
+
+
+def test_two_replicas_train_exactly_like_one_device(tmp_path, splits, mirrored2):
+  # No dropout: replicas draw their own masks, which one device cannot reproduce.
+  config = _config(tmp_path, dropout_rate=0.0, batch_size=64)
+  one_weights, one_totals, one_eval = _train_k_steps(tf.distribute.get_strategy(), config,
+                                                     splits, k=6)
+  two_weights, two_totals, two_eval = _train_k_steps(mirrored2, config, splits, k=6)
+  max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(one_weights, two_weights))
+  assert max_diff <= 1e-5
+  np.testing.assert_allclose(one_totals, two_totals, rtol=1e-5)
+  assert two_eval['examples'] == one_eval['examples'] == 300
+  assert two_eval['accuracy'] == pytest.approx(one_eval['accuracy'], abs=1e-6)
+  assert two_eval['loss'] == pytest.approx(one_eval['loss'], rel=1e-4)
+
+
+def test_mirrored_run_scores_every_eval_example_with_an_uneven_last_batch(tmp_path,
+                                                                           mirrored2):
+  splits = synthetic_splits(num_train=256, num_eval=301)
+  results = train.run(_config(tmp_path, epochs=1, eval_batch_size=100),
+                      datasets_override=splits, strategy_override=mirrored2)
+  assert results['test_examples'] == 301 and results['num_replicas'] == 2
+
+
+@pytest.mark.parametrize('changes', [
+    {'mixed_precision': 'mixed_float16'},
+    {'mixed_precision': 'mixed_bfloat16'},
+    {'jit_compile': True},
+])
+def test_precision_and_xla_paths_train_on_cpu(tmp_path, splits, changes):
+  results = train.run(_config(tmp_path, epochs=2, **changes), datasets_override=splits)
+  assert np.isfinite(results['test_loss'])
+  assert results['test_accuracy'] > 0.5
+
+
+def test_loss_scale_optimizer_is_used_for_float16_only(tmp_path, splits):
+  strategy = tf.distribute.get_strategy()
+  for precision, scaled in [('mixed_float16', True), ('mixed_bfloat16', False)]:
+    state = train.create_state(_config(tmp_path, mixed_precision=precision), splits, strategy)
+    assert isinstance(state.optimizer, tf.keras.optimizers.LossScaleOptimizer) == scaled
+
+
+def test_checkpoint_from_other_flags_is_refused_not_partially_loaded(tmp_path, splits):
+  config = _config(tmp_path, epochs=1)
+  train.run(config, datasets_override=splits)
+  with pytest.raises(errors.CheckpointError, match='does not match this model and flags'):
+    train.run(config.replace(mixed_precision='mixed_float16'), datasets_override=splits)
+
+
+def test_unusable_model_dir_is_a_clear_error(tmp_path, splits):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  with pytest.raises(errors.CheckpointError, match='cannot be created'):
+    train.run(_config(tmp_path, model_dir=str(blocker / 'run')), datasets_override=splits)
+
+
+def test_batch_not_divisible_by_replicas_is_refused(tmp_path, splits, mirrored2):
+  with pytest.raises(errors.ConfigError, match='not divisible by the 2 replicas'):
+    train.run(_config(tmp_path, batch_size=33), datasets_override=splits,
+              strategy_override=mirrored2)
+
+
+def test_split_smaller_than_a_batch_is_refused(tmp_path):
+  with pytest.raises(errors.ConfigError, match='fewer than one --batch_size'):
+    train.run(_config(tmp_path, batch_size=64),
+              datasets_override=synthetic_splits(num_train=50))
+
+
+def test_fingerprint_in_results_is_the_final_model(tmp_path, splits):
+  config = _config(tmp_path, epochs=1)
+  results = train.run(config, datasets_override=splits)
+  state = train.create_state(config, splits, tf.distribute.get_strategy())
+  tf.train.Checkpoint(model=state.model).restore(
+      tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
+  ).expect_partial()
+  assert model_lib.weights_sha256(state.model) == results['weights_sha256']
