@@ -18,12 +18,12 @@ MANUAL_DIR_ENV = 'TFDS_MANUAL_DIR'
 _DEFAULTS = config_lib.TrainConfig()
 
 
-def define_train_flags():
-  """Defines every TrainConfig flag. Call once, at a script's import time."""
+def define_data_flags():
+  """--model_dir and the data flags: what every script that reads a run needs."""
   d = _DEFAULTS
   flags.DEFINE_string('model_dir', d.model_dir,
-                      'Checkpoints, TensorBoard events and results.json go here. '
-                      'Rerunning with the same --model_dir resumes.')
+                      'Checkpoints, TensorBoard events, config.json and results.json go '
+                      'here. Rerunning with the same --model_dir resumes.')
   flags.DEFINE_string('dataset', d.dataset,
                       'TFDS image-classification dataset with 28x28x1 images.')
   flags.DEFINE_string('data_dir', d.data_dir, "TFDS data_dir (default: TFDS's own).")
@@ -33,11 +33,17 @@ def define_train_flags():
   flags.DEFINE_string('train_split', d.train_split,
                       "TFDS split string for training, e.g. 'train[:6400]' for a short run.")
   flags.DEFINE_string('eval_split', d.eval_split, 'TFDS split string for evaluation.')
+  flags.DEFINE_integer('eval_batch_size', d.eval_batch_size,
+                       'Global evaluation batch; the last batch is padded, never dropped.')
+
+
+def define_train_flags():
+  """Defines every TrainConfig flag. Call once, at a script's import time."""
+  define_data_flags()
+  d = _DEFAULTS
   flags.DEFINE_integer('epochs', d.epochs, 'Total epochs; a larger value continues a run.')
   flags.DEFINE_integer('batch_size', d.batch_size,
                        'Global training batch, split evenly across replicas.')
-  flags.DEFINE_integer('eval_batch_size', d.eval_batch_size,
-                       'Global evaluation batch; the last batch may be partial.')
   flags.DEFINE_float('learning_rate', d.learning_rate, 'Adam learning rate.')
   flags.DEFINE_float('dropout_rate', d.dropout_rate, 'Dropout before the logits layer.')
   flags.DEFINE_integer('seed', d.seed, 'Seed for weights, dropout and the shuffle order.')

@@ -3,6 +3,7 @@
 This module must not import TensorFlow, so a bad flag fails in milliseconds.
 """
 import dataclasses
+import json
 from typing import Optional
 
 from mnist import errors
@@ -36,6 +37,15 @@ class TrainConfig:
 
   def replace(self, **changes) -> 'TrainConfig':
     return dataclasses.replace(self, **changes)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2)
+
+  @classmethod
+  def from_json(cls, text: str) -> 'TrainConfig':
+    """Reads a config.json; keys from other versions of the code are ignored."""
+    values = json.loads(text)
+    return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
   def validate(self) -> 'TrainConfig':
     """Raises ConfigError naming every invalid value; returns self when valid."""

@@ -178,6 +178,8 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   eval_dataset = strategy.experimental_distribute_dataset(
       data.eval_pipeline(eval_cached, splits.num_eval, config.eval_batch_size))
 
+  with tf.io.gfile.GFile(os.path.join(config.model_dir, 'config.json'), 'w') as f:
+    f.write(config.to_json())  # What scripts/evaluate, predict and export rebuild from.
   state = create_state(config, splits, strategy)
   manager = tf.train.CheckpointManager(state.checkpoint(),
                                        os.path.join(config.model_dir, 'checkpoints'),
