@@ -10,8 +10,10 @@ import sys
 from absl import app
 from absl import flags
 
+from mnist import benchmark_config
 from mnist import config as config_lib
 from mnist import errors
+from mnist import runtime
 
 FLAGS = flags.FLAGS
 MANUAL_DIR_ENV = 'TFDS_MANUAL_DIR'
@@ -62,6 +64,101 @@ def define_train_flags():
                        'Train steps run inside one tf.function call.')
   flags.DEFINE_integer('checkpoints_to_keep', d.checkpoints_to_keep,
                        'How many recent checkpoints CheckpointManager keeps.')
+  flags.DEFINE_integer('checkpoint_every_steps', d.checkpoint_every_steps,
+                       'Also checkpoint every N steps (0: only at each epoch end). A killed '
+                       'run loses at most N steps.')
+  flags.DEFINE_bool('deterministic', d.deterministic,
+                    'Deterministic ops and input: reruns and resumed runs end with '
+                    'bit-identical weights (same weights_sha256). Slower.')
+  flags.DEFINE_string('nan_policy', d.nan_policy,
+                      'On a non-finite loss or gradient norm: stop (exit 3, last '
+                      'checkpoint kept) or skip_step (drop that update, count it).')
+  flags.DEFINE_string('profile_steps', d.profile_steps,
+                      'START,END: trace train steps START..END (1-based, rounded to '
+                      '--steps_per_loop calls) into MODEL_DIR/plugins/profile for '
+                      "TensorBoard's Profile tab. Empty: no trace.")
+
+
+def define_report_flags():
+  """Flags of scripts/report.py: which run to summarise and where the PNG goes."""
+  flags.DEFINE_string('model_dir', _DEFAULTS.model_dir,
+                      'The run to report on: its train/ and eval/ TensorBoard events.')
+  flags.DEFINE_string('output', None, 'The PNG to write (default: MODEL_DIR/report.png).')
+
+
+def _define_output_format_flag():
+  flags.DEFINE_enum('output', 'text', ['text', 'json'],
+                    'text: lines for people; json: machine-readable JSON on stdout.')
+
+
+def define_predict_flags():
+  """Flags of scripts/predict.py; the image files are its positional arguments."""
+  flags.DEFINE_string('model_dir', _DEFAULTS.model_dir,
+                      'The training run to predict with: its config.json and latest '
+                      'checkpoint.')
+  flags.DEFINE_string('export_dir', None,
+                      'Predict with this SavedModel (from scripts/export.py) instead of '
+                      '--model_dir.')
+  _define_output_format_flag()
+  flags.DEFINE_string('save_preprocessed', None,
+                      'Also write the 28x28 PNG the model saw for each file into this '
+                      'folder (named after the file).')
+
+
+def define_evaluate_flags():
+  """Flags of scripts/evaluate.py: the data flags override the run's config.json."""
+  define_data_flags()
+  _define_output_format_flag()
+
+
+def define_export_flags():
+  """Flags of scripts/export.py."""
+  flags.DEFINE_string('model_dir', _DEFAULTS.model_dir,
+                      'The training run to export: its config.json and latest checkpoint.')
+  flags.DEFINE_string('export_dir', None,
+                      'Required. The SavedModel folder to create; it must not exist or be '
+                      'empty. For TensorFlow Serving, end it in a version number: '
+                      'exports/mnist/1.')
+  flags.DEFINE_bool('tflite', False, 'Also write EXPORT_DIR/model.tflite (TFLite).')
+
+
+def define_runtime_flags():
+  """oneDNN and thread-pool flags, applied before and right after TensorFlow loads."""
+  d = runtime.RuntimeConfig()
+  flags.DEFINE_string('onednn', d.onednn,
+                      'oneDNN CPU kernels: auto (TensorFlow decides; '
+                      f'${runtime.ONEDNN_ENV} is honoured), on or off.')
+  flags.DEFINE_integer('inter_op_threads', d.inter_op_threads,
+                       'Inter-op thread pool size (0: TensorFlow decides).')
+  flags.DEFINE_integer('intra_op_threads', d.intra_op_threads,
+                       'Intra-op thread pool size (0: TensorFlow decides).')
+
+
+def define_benchmark_flags():
+  """The training flags (same model, data, strategy, precision, XLA), runtime flags
+  and the benchmark's own. Call once, at a script's import time."""
+  define_train_flags()
+  define_runtime_flags()
+  d = benchmark_config.BenchmarkConfig()
+  flags.DEFINE_integer('warmup_steps', d.warmup_steps,
+                       'Untimed steps first (tracing, the first shuffle-buffer fill).')
+  flags.DEFINE_integer('num_windows', d.num_windows, 'Timed windows of --window_steps.')
+  flags.DEFINE_integer('window_steps', d.window_steps, 'Train steps per timed window.')
+  flags.DEFINE_bool('synthetic_data', d.synthetic_data,
+                    'Feed one random batch, kept on the device, every step: compute alone.')
+  flags.DEFINE_bool('input_only', d.input_only,
+                    'Iterate the tf.data pipeline alone, without the model.')
+  flags.DEFINE_bool('epochs_mode', d.epochs_mode,
+                    'Time --epochs whole epochs (wall time each, boundaries included) '
+                    'instead of step windows.')
+  flags.DEFINE_string('baseline', d.baseline,
+                      'Also measure Keras model.fit of the same model and data, in child '
+                      'processes alternating with ours: keras_fit (stock runtime settings) '
+                      'or keras_fit_tuned (our runtime settings).')
+  flags.DEFINE_integer('baseline_repeats', d.baseline_repeats,
+                       'Measurements of each side with --baseline (A B A B ...).')
+  flags.DEFINE_string('_role', d.role, 'Internal: set by the --baseline driver on its '
+                      'child processes (ours or keras_fit).')
 
 
 def train_config_from_flags() -> config_lib.TrainConfig:
@@ -71,6 +168,36 @@ def train_config_from_flags() -> config_lib.TrainConfig:
   if not values.get('tfds_manual_dir'):
     values['tfds_manual_dir'] = os.environ.get(MANUAL_DIR_ENV) or None
   return config_lib.TrainConfig(**values).validate()
+
+
+def run_config_from_flags(config: config_lib.TrainConfig) -> config_lib.TrainConfig:
+  """A run's config.json with the data flags given on the command line on top.
+
+  Only flags set explicitly override: the defaults must not undo the run's
+  own --eval_split or --tfds_manual_dir.
+  """
+  changes = {field: FLAGS[field].value
+             for field in config_lib.TrainConfig.__dataclass_fields__
+             if field != 'model_dir' and field in FLAGS and FLAGS[field].present}
+  config = config.replace(**changes)
+  if not config.tfds_manual_dir:
+    config = config.replace(tfds_manual_dir=os.environ.get(MANUAL_DIR_ENV) or None)
+  return config.validate()
+
+
+def runtime_config_from_flags() -> runtime.RuntimeConfig:
+  return runtime.RuntimeConfig(onednn=FLAGS.onednn, inter_op_threads=FLAGS.inter_op_threads,
+                               intra_op_threads=FLAGS.intra_op_threads).validate()
+
+
+def benchmark_config_from_flags() -> benchmark_config.BenchmarkConfig:
+  """Reads the parsed flags into a validated BenchmarkConfig (raises ConfigError)."""
+  values = {field: FLAGS[field].value
+            for field in benchmark_config.BenchmarkConfig.__dataclass_fields__
+            if field in FLAGS and field not in ('train', 'runtime')}
+  return benchmark_config.BenchmarkConfig(
+      train=train_config_from_flags(), runtime=runtime_config_from_flags(),
+      role=FLAGS['_role'].value, **values).validate()
 
 
 def run(main):

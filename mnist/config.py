@@ -10,6 +10,7 @@ from mnist import errors
 
 STRATEGIES = ('default', 'one_device', 'mirrored')
 PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')
+NAN_POLICIES = ('stop', 'skip_step')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,11 @@ class TrainConfig:
   log_every_steps: int = 100
   steps_per_loop: int = 1  # Train steps per tf.function call.
   checkpoints_to_keep: int = 3
+  checkpoint_every_steps: int = 0  # 0: only at each epoch end.
+  deterministic: bool = False  # Bit-identical reruns and resumes (slower ops).
+  nan_policy: str = 'stop'
+  # 'START,END': trace steps START..END for TensorBoard's Profile tab; None: off.
+  profile_steps: Optional[str] = None
 
   def replace(self, **changes) -> 'TrainConfig':
     return dataclasses.replace(self, **changes)
@@ -46,6 +52,10 @@ class TrainConfig:
     """Reads a config.json; keys from other versions of the code are ignored."""
     values = json.loads(text)
     return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+  def profile_step_range(self) -> Optional[tuple]:
+    """(START, END) of --profile_steps, or None when profiling is off (or invalid)."""
+    return _step_range(self.profile_steps) if self.profile_steps else None
 
   def validate(self) -> 'TrainConfig':
     """Raises ConfigError naming every invalid value; returns self when valid."""
@@ -76,8 +86,18 @@ class TrainConfig:
           f'--log_every_steps must be > 0, got {self.log_every_steps}.')
     check(self.steps_per_loop > 0,
           f'--steps_per_loop must be > 0, got {self.steps_per_loop}.')
+    check(self.checkpoint_every_steps >= 0,
+          f'--checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}.')
+    check(self.nan_policy in NAN_POLICIES,
+          f'--nan_policy must be one of {", ".join(NAN_POLICIES)}; got {self.nan_policy!r}.')
+    check(not (self.deterministic and self.jit_compile),
+          '--deterministic cannot be combined with --jit_compile: XLA has no '
+          'deterministic MaxPool gradient.')
     check(self.checkpoints_to_keep > 0,
           f'--checkpoints_to_keep must be > 0, got {self.checkpoints_to_keep}.')
+    check(not self.profile_steps or _step_range(self.profile_steps),
+          '--profile_steps must be START,END with 1 <= START < END (e.g. 10,20), '
+          f'got {self.profile_steps!r}.')
     # Without GPUs, mirrored runs one replica per logical CPU device, so the
     # replica count is known now; with GPUs it is checked once devices are listed.
     if self.strategy == 'mirrored' and self.batch_size > 0 and self.eval_batch_size > 0:
@@ -99,3 +119,12 @@ def check_divisible(config: TrainConfig, num_replicas: int, problems=None):
     problems.extend(found)
   elif found:
     raise errors.ConfigError(' '.join(found))
+
+
+def _step_range(text: str) -> Optional[tuple]:
+  """'START,END' -> (START, END) when 1 <= START < END, else None."""
+  parts = text.split(',')
+  if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    return None
+  start, end = (int(p) for p in parts)
+  return (start, end) if 1 <= start < end else None

@@ -22,6 +22,15 @@ class CheckpointError(Error):
   """A checkpoint that cannot be restored into this model, or a model_dir problem."""
 
 
+class ImageError(Error):
+  """An input image that cannot be read, is too large to decode, or shows no digit."""
+
+
 class TrainingDivergedError(Error):
   """The loss or a gradient became NaN or Inf."""
   exit_code = 3
+
+
+class PreemptedError(Error):
+  """SIGTERM or SIGINT: a checkpoint was saved; rerun the same command to resume."""
+  exit_code = 75  # EX_TEMPFAIL: try again.

@@ -50,3 +50,12 @@ def weights_sha256(model: keras.Model) -> str:
     digest.update(f'{index}:{value.shape}:{value.dtype};'.encode())
     digest.update(value.tobytes())
   return digest.hexdigest()
+
+
+def rng_state_variables(model: keras.Model) -> list:
+  """Variables that are not weights: the dropout layers' seed-generator states.
+
+  Checkpoints must hold them too, or a resumed run draws different dropout masks.
+  """
+  weights = {id(w) for w in model.weights}
+  return [v for v in model.variables if id(v) not in weights]

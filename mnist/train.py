@@ -4,11 +4,13 @@ TensorBoard and results.json.
 `run(config, datasets_override=..., strategy_override=...)` is the whole program;
 tests inject data and strategies through the overrides and download nothing.
 """
+import contextlib
 import dataclasses
 import json
-import math
 import os
 import re
+import signal
+import threading
 import time
 from typing import Optional
 
@@ -21,6 +23,7 @@ from mnist import data
 from mnist import distribute
 from mnist import errors
 from mnist import model as model_lib
+from mnist import summaries
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -35,7 +38,8 @@ class TrainState:
 
   def checkpoint(self) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                               step=self.step, epoch=self.epoch)
+                               step=self.step, epoch=self.epoch,
+                               rng=model_lib.rng_state_variables(self.model))
 
 
 def create_state(config: config_lib.TrainConfig, splits: data.Splits,
@@ -75,12 +79,22 @@ def per_example_stats(logits, labels, weights=None):
 
 
 def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
-                     global_batch_size: int, jit_compile: bool = False):
-  """Returns train_steps(iterator, num_steps) -> summed [loss, correct, count]."""
+                     global_batch_size: int, jit_compile: bool = False,
+                     stop_on_nonfinite: bool = True):
+  """Returns train_steps(iterator, num_steps) -> (summed [loss, correct, count] of the
+  applied steps, batches consumed, non-finite steps skipped).
+
+  A step whose loss or gradient norm is not finite is never applied. With
+  stop_on_nonfinite the loop ends at that batch (consumed < num_steps) so the
+  caller can name the step; otherwise it is skipped and counted.
+  """
   model, optimizer = state.model, state.optimizer
+  # LossScaleOptimizer expects non-finite float16 gradients now and then: it skips
+  # them and lowers the scale itself. Only a non-finite loss is divergence there.
+  check_grads = not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
   @tf.function(jit_compile=jit_compile)
-  def replica_step(images, labels):
+  def replica_grads(images, labels):
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
       losses, stats = per_example_stats(logits, labels)
@@ -89,17 +103,30 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
       loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
       scaled_loss = optimizer.scale_loss(loss)  # Identity unless LossScaleOptimizer.
     grads = tape.gradient(scaled_loss, model.trainable_variables)
-    optimizer.apply(grads, model.trainable_variables)  # Unscales; skips non-finite.
-    return stats
+    finite = tf.math.is_finite(loss)
+    if check_grads:
+      finite &= tf.math.is_finite(tf.linalg.global_norm(grads))
+    return grads, stats, tf.cast(tf.logical_not(finite), tf.float32)
+
+  def replica_apply(grads):
+    optimizer.apply(grads, model.trainable_variables)  # Unscales; all-reduces.
 
   @tf.function
   def train_steps(iterator, num_steps):
-    totals = tf.zeros([3])
+    totals, consumed, skipped = tf.zeros([3]), tf.constant(0), tf.constant(0)
     for _ in tf.range(num_steps):
-      images, labels = next(iterator)
-      per_replica = strategy.run(replica_step, args=(images, labels))
-      totals += strategy.reduce(SUM, per_replica, axis=None)
-    return totals
+      grads, stats, nonfinite = strategy.run(replica_grads, args=next(iterator))
+      # The decision is made across replicas (cross-replica context), as Keras'
+      # LossScaleOptimizer does: a cond may not hold a merge_call in a replica.
+      if strategy.reduce(SUM, nonfinite, axis=None) > 0:
+        skipped += 1
+        if stop_on_nonfinite:
+          break
+      else:
+        strategy.run(replica_apply, args=(grads,))
+        totals += strategy.reduce(SUM, stats, axis=None)
+      consumed += 1
+    return totals, consumed, skipped
 
   return train_steps
 
@@ -157,11 +184,48 @@ def _write_scalars(writer, step: int, scalars: dict):
   writer.flush()  # Visible in TensorBoard while training runs, not only at the end.
 
 
+class _StopSignals:
+  """Turns SIGTERM/SIGINT into a flag the loop checks at each step boundary, so a
+  preempted run saves a consistent checkpoint instead of dying mid-write."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _save(manager: tf.train.CheckpointManager, step: int) -> str:
+  """Saves; on failure (disk full, ...) the previous checkpoint is still the latest."""
+  try:
+    return manager.save(checkpoint_number=step)
+  except (OSError, tf.errors.OpError) as e:
+    raise errors.CheckpointError(
+        f'Could not write the checkpoint for step {step} in {manager.directory} (disk '
+        f'full?): {str(e).splitlines()[0][:200]}. The previous checkpoint '
+        f'{manager.latest_checkpoint} is intact; free space and rerun to resume.') from None
+
+
 def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits] = None,
         strategy_override: Optional[tf.distribute.Strategy] = None) -> dict:
   """Trains (or resumes) to config.epochs, evaluating each epoch; returns results.json."""
   config.validate()
   _check_model_dir(config.model_dir)
+  if config.deterministic:
+    # Process-wide and one-way: ops pick deterministic kernels from now on.
+    tf.config.experimental.enable_op_determinism()
 
   # Set-up: strategy, data, state, checkpoints, summaries.
   strategy = strategy_override or distribute.make_strategy(config.strategy,
@@ -187,8 +251,11 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   _restore(state, manager)
   train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, 'train'))
   eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, 'eval'))
-  train_steps = make_train_steps(state, strategy, config.batch_size, config.jit_compile)
+  train_steps = make_train_steps(state, strategy, config.batch_size, config.jit_compile,
+                                 stop_on_nonfinite=config.nan_policy == 'stop')
   eval_step = make_eval_step(state.model, strategy)
+  extras = summaries.start_run(config, state.model, strategy, splits, train_writer,
+                               eval_writer, int(state.step))
 
   logging.info('Training %s on %s (%d examples, %d steps/epoch) with %s, %d replica(s), '
                'batch %d, %s.', state.model.name, config.dataset, splits.num_train,
@@ -198,51 +265,84 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   start_time = time.perf_counter()
   train_seconds_in_steps, images_trained = 0.0, 0
   eval_metrics = None
+  # Step windows end at every log, checkpoint and epoch boundary.
+  boundaries = [config.log_every_steps] + (
+      [config.checkpoint_every_steps] if config.checkpoint_every_steps else [])
 
-  # The loop: epochs of step windows; eval and a checkpoint at each epoch end.
-  while int(state.epoch) < config.epochs:
-    epoch = int(state.epoch)
-    done_in_epoch = int(state.step) - epoch * steps_per_epoch
-    iterator = iter(strategy.experimental_distribute_dataset(data.train_pipeline(
-        train_cached, splits.num_train, config.batch_size, config.seed, epoch,
-        skip_batches=done_in_epoch)))
-    window_totals, window_start = tf.zeros([3]), time.perf_counter()
-    while done_in_epoch < steps_per_epoch:
-      step = int(state.step)
-      num_steps = min(config.steps_per_loop, steps_per_epoch - done_in_epoch,
-                      config.log_every_steps - step % config.log_every_steps)
-      window_totals += train_steps(iterator, tf.constant(num_steps))
-      state.step.assign_add(num_steps)
-      done_in_epoch += num_steps
-      step += num_steps
-      if step % config.log_every_steps == 0 or done_in_epoch == steps_per_epoch:
-        loss_sum, correct, count = window_totals.numpy().tolist()  # Waits for the steps.
-        seconds = time.perf_counter() - window_start
-        if not math.isfinite(loss_sum):
+  with _StopSignals() as stop_signals, contextlib.closing(train_writer), \
+       contextlib.closing(eval_writer):  # Closed files even on error (an unmountable disk).
+    # The loop: epochs of step windows; eval and a checkpoint at each epoch end.
+    while int(state.epoch) < config.epochs:
+      epoch = int(state.epoch)
+      done_in_epoch = int(state.step) - epoch * steps_per_epoch
+      iterator = iter(strategy.experimental_distribute_dataset(data.train_pipeline(
+          train_cached, splits.num_train, config.batch_size, config.seed, epoch,
+          skip_batches=done_in_epoch)))
+      window_totals, window_skipped = tf.zeros([3]), 0
+      window_start = time.perf_counter()
+      while done_in_epoch < steps_per_epoch:
+        step = int(state.step)
+        num_steps = min([config.steps_per_loop, steps_per_epoch - done_in_epoch] +
+                        [every - step % every for every in boundaries])
+        totals, consumed, skipped = train_steps(iterator, tf.constant(num_steps))
+        consumed = int(consumed)  # Waits for the steps.
+        if consumed < num_steps:  # nan_policy=stop: the next batch was not finite.
           raise errors.TrainingDivergedError(
-              f'The training loss became {loss_sum} at step {step} (epoch {epoch + 1}); '
-              f'stopped. The last good checkpoint in {manager.directory} is untouched.')
-        images_per_sec = count / seconds
-        train_seconds_in_steps += seconds
-        images_trained += int(count)
-        eta = (total_steps - step) * config.batch_size / max(images_per_sec, 1e-9)
-        logging.info('step %d  epoch %d  loss %.4f  accuracy %.4f  %.0f images/s  ETA %.0fs',
-                     step, epoch + 1, loss_sum / count, correct / count, images_per_sec, eta)
-        _write_scalars(train_writer, step, {
-            'loss': loss_sum / count, 'accuracy': correct / count,
-            'learning_rate': float(keras.ops.convert_to_numpy(
-                state.optimizer.learning_rate)),
-            'images_per_sec': images_per_sec})
-        window_totals, window_start = tf.zeros([3]), time.perf_counter()
+              f'The loss or gradient norm became NaN or Inf at step {step + consumed + 1} '
+              f'(epoch {epoch + 1}); training stopped before applying it. The last good '
+              f'checkpoint, {manager.latest_checkpoint}, is untouched. Lower '
+              '--learning_rate, or pass --nan_policy=skip_step to drop such steps.')
+        window_totals += totals
+        window_skipped += int(skipped)
+        state.step.assign_add(consumed)
+        done_in_epoch += consumed
+        step += consumed
+        extras.after_steps(step)  # Starts or stops a --profile_steps trace.
 
-    state.epoch.assign_add(1)
-    eval_metrics = evaluate(eval_step, eval_dataset)
-    _write_scalars(eval_writer, int(state.step),
-                   {'loss': eval_metrics['loss'], 'accuracy': eval_metrics['accuracy']})
-    path = manager.save(checkpoint_number=int(state.step))
-    logging.info('epoch %d/%d  eval loss %.4f  accuracy %.4f on %d examples  saved %s',
-                 int(state.epoch), config.epochs, eval_metrics['loss'],
-                 eval_metrics['accuracy'], eval_metrics['examples'], path)
+        if step % config.log_every_steps == 0 or done_in_epoch == steps_per_epoch:
+          loss_sum, correct, count = window_totals.numpy().tolist()
+          seconds = time.perf_counter() - window_start
+          images_per_sec = count / seconds
+          train_seconds_in_steps += seconds
+          images_trained += int(count)
+          eta = (total_steps - step) * config.batch_size / max(images_per_sec, 1e-9)
+          count = max(count, 1)  # A window of only skipped steps.
+          logging.info('step %d  epoch %d  loss %.4f  accuracy %.4f  %.0f images/s  '
+                       'ETA %.0fs%s', step, epoch + 1, loss_sum / count, correct / count,
+                       images_per_sec, eta,
+                       f'  skipped {window_skipped} non-finite' if window_skipped else '')
+          scalars = {'loss': loss_sum / count, 'accuracy': correct / count,
+                     'learning_rate': float(keras.ops.convert_to_numpy(
+                         state.optimizer.learning_rate)),
+                     'images_per_sec': images_per_sec}
+          if config.nan_policy == 'skip_step':
+            scalars['nonfinite_steps_skipped'] = window_skipped
+          _write_scalars(train_writer, step, scalars)
+          window_totals, window_skipped = tf.zeros([3]), 0
+          window_start = time.perf_counter()
+        if stop_signals.received:
+          _save(manager, step)
+          train_writer.flush()
+          raise errors.PreemptedError(
+              f'Received {stop_signals.received} at step {step}: saved '
+              f'{manager.latest_checkpoint}. Rerun the same command to resume.')
+        if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+            and done_in_epoch < steps_per_epoch):  # The epoch end saves after eval.
+          _save(manager, step)
+
+      state.epoch.assign_add(1)
+      eval_metrics = evaluate(eval_step, eval_dataset)
+      _write_scalars(eval_writer, int(state.step),
+                     {'loss': eval_metrics['loss'], 'accuracy': eval_metrics['accuracy']})
+      path = _save(manager, int(state.step))
+      extras.on_eval(int(state.step), eval_dataset)  # Images: once per epoch.
+      extras.on_epoch_end(int(state.step))  # Histograms and gradient norms.
+      logging.info('epoch %d/%d  eval loss %.4f  accuracy %.4f on %d examples  saved %s',
+                   int(state.epoch), config.epochs, eval_metrics['loss'],
+                   eval_metrics['accuracy'], eval_metrics['examples'], path)
+      if stop_signals.received:
+        raise errors.PreemptedError(f'Received {stop_signals.received}: saved {path}. '
+                                    'Rerun the same command to resume.')
 
   if eval_metrics is None:  # Nothing left to train: report the restored model.
     eval_metrics = evaluate(eval_step, eval_dataset)
@@ -260,6 +360,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
       'config': dataclasses.asdict(config),
   }
   _write_json(os.path.join(config.model_dir, 'results.json'), results)
+  extras.end_run(results)  # Test metrics into the HParams table; ends a trace.
   return results
 
 

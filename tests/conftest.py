@@ -4,9 +4,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
+from mnist import config as config_lib
 from mnist import data
 from mnist import distribute
+from mnist import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'mnist')
@@ -31,6 +34,15 @@ def synthetic_splits(num_train=512, num_eval=300, seed=0) -> data.Splits:
                      num_eval=num_eval, num_classes=10, image_shape=(28, 28, 1))
 
 
+@pytest.fixture(autouse=True)
+def _restore_op_determinism():
+  """train.run(deterministic=True) turns op determinism on for the whole process;
+  turn it off again so later tests (XLA has no deterministic MaxPool gradient) run
+  as they would alone."""
+  yield
+  tf_config.disable_op_determinism()
+
+
 @pytest.fixture
 def splits():
   return synthetic_splits()
@@ -41,10 +53,23 @@ def mirrored2():
   return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')  # Session: trained_run needs it too.
 def manual_dir():
   """The real MNIST files; CI always has them beside the checkout."""
   path = os.environ.get('TFDS_MANUAL_DIR') or SHARED_MNIST
   if not os.path.isdir(path):
     pytest.fail(f'Real-data tests need the MNIST files in {SHARED_MNIST} or $TFDS_MANUAL_DIR.')
   return path
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory, manual_dir):
+  """A real run's model_dir, trained once per session for the inference tests.
+
+  One epoch on all 60,000 training images (~98% test accuracy, ~30 s on 2
+  cores): the picture tests need a model that reads digits well.
+  """
+  model_dir = str(tmp_path_factory.mktemp('trained') / 'run')
+  train.run(config_lib.TrainConfig(model_dir=model_dir, train_split='train', epochs=1,
+                                   tfds_manual_dir=manual_dir, log_every_steps=500))
+  return model_dir

@@ -25,8 +25,10 @@ def _scalar_tags(run_dir):
   """TF2 writes scalars as tensor summaries; TensorBoard reads them back the same way."""
   accumulator = event_accumulator.EventAccumulator(run_dir, size_guidance={'tensors': 0})
   accumulator.Reload()
-  return {tag: [float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
+  tags = {tag: [tf.make_ndarray(e.tensor_proto) for e in accumulator.Tensors(tag)]
           for tag in accumulator.Tags()['tensors']}
+  return {tag: [float(v) for v in values] for tag, values in tags.items()
+          if values and values[0].ndim == 0}  # Scalars, not histograms or images.
 
 
 def test_run_trains_evaluates_and_writes_everything_a_user_inspects(tmp_path, splits):
@@ -67,7 +69,7 @@ def _train_k_steps(strategy, config, splits, k):
   dataset = data.train_pipeline(splits.train.cache(), splits.num_train, config.batch_size,
                                 config.seed, epoch=0)
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
-  totals = steps(iterator, tf.constant(k)).numpy()
+  totals = steps(iterator, tf.constant(k))[0].numpy()
   eval_step = train.make_eval_step(state.model, strategy)
   metrics = train.evaluate(eval_step, strategy.experimental_distribute_dataset(
       data.eval_pipeline(splits.eval, splits.num_eval, config.eval_batch_size)))

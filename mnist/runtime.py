@@ -1,0 +1,83 @@
+"""Process-wide runtime settings: oneDNN and thread pools. TF-free.
+
+TensorFlow reads TF_ENABLE_ONEDNN_OPTS, TF_NUM_INTEROP_THREADS and
+TF_NUM_INTRAOP_THREADS once, when it loads and starts its runtime, so scripts
+call `apply_env` before importing TensorFlow and `apply_threading` right after.
+The defaults change nothing: TensorFlow's own choices apply.
+"""
+import dataclasses
+import os
+import sys
+
+from mnist import errors
+
+ONEDNN_MODES = ('auto', 'on', 'off')
+ONEDNN_ENV = 'TF_ENABLE_ONEDNN_OPTS'
+INTER_OP_ENV = 'TF_NUM_INTEROP_THREADS'
+INTRA_OP_ENV = 'TF_NUM_INTRAOP_THREADS'
+# Reported, never set: official TF builds run oneDNN on TF's own thread pool, not OpenMP.
+REPORTED_ENV = (ONEDNN_ENV, INTER_OP_ENV, INTRA_OP_ENV, 'OMP_NUM_THREADS')
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+  """auto / 0 mean TensorFlow's default (oneDNN is on for x86 CPUs with AVX-512
+  VNNI or BF16 or AMX, unless TF_ENABLE_ONEDNN_OPTS says otherwise; pools use all cores)."""
+  onednn: str = 'auto'
+  inter_op_threads: int = 0
+  intra_op_threads: int = 0
+
+  def problems(self) -> list:
+    found = []
+    if self.onednn not in ONEDNN_MODES:
+      found.append(f'--onednn must be one of {", ".join(ONEDNN_MODES)}; '
+                   f'got {self.onednn!r}.')
+    for name in ('inter_op_threads', 'intra_op_threads'):
+      if getattr(self, name) < 0:
+        found.append(f'--{name} must be >= 0 (0: TensorFlow decides), '
+                     f'got {getattr(self, name)}.')
+    return found
+
+  def validate(self) -> 'RuntimeConfig':
+    if self.problems():
+      raise errors.ConfigError(' '.join(self.problems()))
+    return self
+
+
+def env_changes(config: RuntimeConfig) -> dict:
+  """The environment variables `config` sets; empty for the defaults."""
+  changes = {}
+  if config.onednn != 'auto':
+    changes[ONEDNN_ENV] = '1' if config.onednn == 'on' else '0'
+  if config.inter_op_threads:
+    changes[INTER_OP_ENV] = str(config.inter_op_threads)
+  if config.intra_op_threads:
+    changes[INTRA_OP_ENV] = str(config.intra_op_threads)
+  return changes
+
+
+def apply_env(config: RuntimeConfig, environ=None) -> dict:
+  """Sets the variables of `config` in `environ` (os.environ); call before TF loads."""
+  environ = os.environ if environ is None else environ
+  changes = env_changes(config)
+  stale = {k: v for k, v in changes.items() if environ.get(k) != v}
+  if stale and environ is os.environ and 'tensorflow' in sys.modules:
+    raise RuntimeError(f'TensorFlow is already loaded; setting {", ".join(stale)} now '
+                       'has no effect. Call runtime.apply_env before importing it.')
+  environ.update(changes)
+  return changes
+
+
+def apply_threading(config: RuntimeConfig):
+  """Sets the thread pools through tf.config; call right after importing TensorFlow."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if config.inter_op_threads:
+    tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_threads)
+  if config.intra_op_threads:
+    tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_threads)
+
+
+def reported_env(environ=None) -> dict:
+  """The runtime variables as the process sees them (None: unset)."""
+  environ = os.environ if environ is None else environ
+  return {name: environ.get(name) for name in REPORTED_ENV}

@@ -1,0 +1,181 @@
+"""TensorBoard extras beyond the loop's scalars: images, histograms, HParams, profiles.
+
+train.py calls in at a few points: `start_run`, `after_steps` (an integer
+comparison, for the profiler), `on_eval`, `on_epoch_end` and `end_run`. The
+image and histogram work runs once per epoch in functions of its own, so the
+train step and the eval step stay exactly as they are.
+"""
+import dataclasses
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.hparams import api as hp
+
+from mnist import data
+from mnist import plots
+
+SUM = tf.distribute.ReduceOp.SUM
+MAX_MISCLASSIFIED = 25
+# Raw counts beside the rendered image, so scripts/report.py can redraw them.
+# TensorBoard shows no dashboard for this plugin name and ignores it.
+CONFUSION_COUNTS_TAG = 'confusion_matrix_counts'
+CONFUSION_COUNTS_PLUGIN = 'mnist_confusion_counts'
+
+
+def start_run(config, model, strategy, splits, train_writer, eval_writer,
+              step: int) -> 'RunSummaries':
+  """Writes the run's hyperparameters and starts a profile if it begins at step 1."""
+  summaries = RunSummaries(config, model, strategy, splits, train_writer, eval_writer)
+  summaries.write_hparams(config)
+  summaries.after_steps(step)
+  return summaries
+
+
+class RunSummaries:
+  """Per-run TensorBoard state: writers, the extra tf.functions and the profiler."""
+
+  def __init__(self, config, model, strategy, splits, train_writer, eval_writer):
+    self._model, self._strategy = model, strategy
+    self._num_classes = splits.num_classes
+    self._train_writer, self._eval_writer = train_writer, eval_writer
+    # The run's own directory holds HParams and test metrics: TensorBoard makes
+    # each run directory one row (a "session") of the HParams table.
+    self._run_writer = tf.summary.create_file_writer(config.model_dir)
+    self._model_dir = config.model_dir
+    self._profile_range = config.profile_step_range()
+    self._profiling = False
+    self._predict_step = _make_predict_step(model, strategy, splits.num_classes)
+    self._gradient_step = _make_gradient_step(model, strategy, config.batch_size)
+    # A fixed batch, so gradient norms from different epochs are comparable.
+    probe = splits.train.take(config.batch_size).cache().batch(config.batch_size)
+    self._probe_batch = strategy.experimental_distribute_dataset(probe.map(data.normalize))
+
+  def write_hparams(self, config):
+    values = {name: '' if value is None else value
+              for name, value in dataclasses.asdict(config).items()}
+    # No hp.hparams_config: without one, TensorBoard infers each column's type,
+    # range and whether it differs from all runs under --logdir, which a config
+    # written by a single run of a sweep cannot know. Metrics are then every
+    # scalar of the run, among them test_accuracy and test_loss from end_run.
+    with self._run_writer.as_default(step=0):
+      hp.hparams(values)
+    self._run_writer.flush()
+
+  def after_steps(self, step: int):
+    """Starts or stops the --profile_steps trace; `step` counts completed steps."""
+    if not self._profile_range:
+      return
+    start, end = self._profile_range
+    if not self._profiling and start <= step + 1 <= end:
+      try:
+        # Into model_dir itself: TensorBoard's Profile tab lists <run>/plugins/profile.
+        tf.profiler.experimental.start(self._model_dir)
+        self._profiling = True
+        logging.info('Profiling from step %d to %d into %s/plugins/profile.', step + 1,
+                     end, self._model_dir)
+      except tf.errors.AlreadyExistsError:
+        logging.warning('Another profiler is running in this process; no trace written.')
+        self._profile_range = None
+    elif self._profiling and step >= end:
+      self._stop_profiler()
+
+  def on_eval(self, step: int, eval_dataset):
+    """Confusion matrix and misclassified digits of one pass over the eval set."""
+    matrix, images, labels, predictions = self._predict(eval_dataset)
+    with self._eval_writer.as_default(step=step):
+      tf.summary.image('confusion_matrix',
+                       _png_batch(plots.confusion_matrix_figure(matrix)))
+      tf.summary.image('misclassified', _png_batch(
+          plots.misclassified_figure(images, labels, predictions)),
+                       description='Up to 25 eval digits, titled true→predicted.')
+      tf.summary.write(CONFUSION_COUNTS_TAG, tf.constant(matrix, tf.int64),
+                       metadata=summary_pb2.SummaryMetadata(
+                           plugin_data=summary_pb2.SummaryMetadata.PluginData(
+                               plugin_name=CONFUSION_COUNTS_PLUGIN)))
+    self._eval_writer.flush()
+
+  def on_epoch_end(self, step: int):
+    """Weight and gradient histograms, and gradient norms on the fixed batch."""
+    images, labels = next(iter(self._probe_batch))
+    gradients = self._gradient_step(images, labels)
+    variables = self._model.trainable_variables
+    with self._train_writer.as_default(step=step):
+      for variable, gradient in zip(variables, gradients):
+        tf.summary.histogram(f'weights/{variable.path}', variable.value)
+        tf.summary.histogram(f'gradients/{variable.path}', gradient)
+        tf.summary.scalar(f'gradient_norm/{variable.path}', tf.norm(gradient))
+      tf.summary.scalar('gradient_norm/global', tf.linalg.global_norm(gradients))
+    self._train_writer.flush()
+
+  def end_run(self, results: dict):
+    """Stops an unfinished trace and adds the test metrics to the HParams row."""
+    if self._profiling:
+      self._stop_profiler()
+    with self._run_writer.as_default(step=results['global_step']):
+      for name in ('test_accuracy', 'test_loss'):
+        tf.summary.scalar(name, results[name])
+    self._run_writer.close()
+
+  def _stop_profiler(self):
+    tf.profiler.experimental.stop()
+    self._profiling = False
+    self._profile_range = None  # One trace per run.
+
+  def _predict(self, eval_dataset):
+    """Sums the confusion matrix; keeps the first misclassified examples, in order."""
+    matrix = tf.zeros([self._num_classes] * 2)
+    kept = []  # (image, label, prediction)
+    local = self._strategy.experimental_local_results
+    for images, labels, weights in eval_dataset:
+      predictions, batch_matrix = self._predict_step(images, labels, weights)
+      matrix += batch_matrix
+      if len(kept) >= MAX_MISCLASSIFIED:
+        continue
+      for parts in zip(*(local(t) for t in (images, labels, weights, predictions))):
+        x, y, w, p = (t.numpy() for t in parts)
+        wrong = np.flatnonzero((y != p) & (w > 0))
+        kept.extend((x[i], y[i], p[i]) for i in wrong[:MAX_MISCLASSIFIED - len(kept)])
+    images = np.array([image for image, _, _ in kept])
+    return (np.rint(matrix.numpy()).astype(np.int64), images,
+            [int(label) for _, label, _ in kept], [int(p) for _, _, p in kept])
+
+
+def _make_predict_step(model, strategy, num_classes):
+  """(per-replica predictions, summed confusion matrix) of one eval batch."""
+  @tf.function
+  def predict_step(images, labels, weights):
+    def replica_step(images, labels, weights):
+      predictions = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+      # Weight-0 padding rows add nothing to the counts.
+      matrix = tf.math.confusion_matrix(labels, predictions, num_classes,
+                                        weights=weights, dtype=tf.float32)
+      return predictions, matrix
+    predictions, matrices = strategy.run(replica_step, args=(images, labels, weights))
+    return predictions, strategy.reduce(SUM, matrices, axis=None)
+  return predict_step
+
+
+def _make_gradient_step(model, strategy, global_batch_size):
+  """Gradients of the mean loss of one batch, summed over replicas; applies nothing."""
+  @tf.function
+  def gradient_step(images, labels):
+    def replica_step(images, labels):
+      with tf.GradientTape() as tape:
+        # training=False: dropout would advance the model's RNG state and so
+        # change which masks the next training steps draw.
+        logits = tf.cast(model(images, training=False), tf.float32)
+        losses = tf.keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                 from_logits=True)
+        loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
+      return tape.gradient(loss, model.trainable_variables)
+    return strategy.reduce(SUM, strategy.run(replica_step, args=(images, labels)),
+                           axis=None)
+  return gradient_step
+
+
+def _png_batch(fig):
+  """A matplotlib figure as the [1, H, W, 3] uint8 batch tf.summary.image takes."""
+  return tf.expand_dims(tf.image.decode_png(plots.to_png(fig), channels=3), 0)

@@ -1,0 +1,34 @@
+"""Measures training throughput (images/s) of the training code; the last stdout line is JSON.
+
+  python scripts/benchmark.py                        # our train step, step windows
+  python scripts/benchmark.py --synthetic_data       # compute alone
+  python scripts/benchmark.py --input_only           # the tf.data pipeline alone
+  python scripts/benchmark.py --epochs_mode --epochs=3
+  python scripts/benchmark.py --baseline=keras_fit   # ours vs Keras fit, A B A B
+"""
+import json
+import os
+import sys
+
+from mnist import cli
+from mnist import runtime
+
+cli.define_benchmark_flags()
+
+
+def main(argv):
+  del argv
+  config = cli.benchmark_config_from_flags()  # Validated before TensorFlow loads.
+  if config.baseline and not config.role:
+    from mnist import benchmark_ab  # pylint: disable=g-import-not-at-top
+    command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+    result = benchmark_ab.run(config, command)  # TensorFlow loads in the children only.
+  else:
+    runtime.apply_env(config.runtime)  # Before TensorFlow loads.
+    from mnist import benchmark  # pylint: disable=g-import-not-at-top
+    result = benchmark.run(config)
+  print(json.dumps(result), flush=True)  # The last line of stdout.
+
+
+if __name__ == '__main__':
+  cli.run(main)

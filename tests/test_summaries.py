@@ -1,0 +1,232 @@
+"""TensorBoard extras: images, histograms, HParams and profiles, read back from the
+event files and from a real `tensorboard` server over the same run."""
+import glob
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from urllib import parse
+from urllib import request
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.util import tensor_util
+
+from mnist import config as config_lib
+from mnist import errors
+from mnist import summaries
+from mnist import train
+
+from conftest import synthetic_splits
+
+SERVER_START_SECONDS = 90  # Bounded: TensorBoard imports TensorFlow and every plugin.
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """One short profiled run, shared: (logdir holding it, its model_dir, results)."""
+  logdir = tmp_path_factory.mktemp('logdir')
+  config = config_lib.TrainConfig(model_dir=str(logdir / 'run'), epochs=2, batch_size=32,
+                                  eval_batch_size=128, log_every_steps=5,
+                                  profile_steps='3,6')
+  return str(logdir), config.model_dir, train.run(config, datasets_override=synthetic_splits())
+
+
+def _tensors(run_dir):
+  """{tag: (plugin name, [(step, ndarray)])} of one run directory."""
+  accumulator = event_accumulator.EventAccumulator(run_dir, size_guidance={'tensors': 0})
+  accumulator.Reload()
+  return {tag: (accumulator.SummaryMetadata(tag).plugin_data.plugin_name,
+                [(e.step, tensor_util.make_ndarray(e.tensor_proto))
+                 for e in accumulator.Tensors(tag)])
+          for tag in accumulator.Tags()['tensors']}
+
+
+def test_each_eval_writes_a_confusion_matrix_and_misclassified_digits(trained):
+  _, model_dir, results = trained
+  tensors = _tensors(os.path.join(model_dir, 'eval'))
+  for tag in ('confusion_matrix', 'misclassified'):
+    plugin, events = tensors[tag]
+    assert plugin == 'images'
+    assert [step for step, _ in events] == [16, 32]  # Once per epoch.
+    width, height, png = events[-1][1]
+    assert png.startswith(b'\x89PNG') and int(width) > 100 and int(height) > 100
+  plugin, events = tensors[summaries.CONFUSION_COUNTS_TAG]
+  counts = events[-1][1]
+  assert plugin == summaries.CONFUSION_COUNTS_PLUGIN and counts.shape == (10, 10)
+  assert counts.sum() == results['test_examples'] == 300  # Padding is not counted.
+  assert np.trace(counts) / 300 == pytest.approx(results['test_accuracy'])
+
+
+def test_each_epoch_writes_weight_and_gradient_histograms_and_norms(trained):
+  _, model_dir, _ = trained
+  tensors = _tensors(os.path.join(model_dir, 'train'))
+  histograms = {tag for tag, (plugin, _) in tensors.items() if plugin == 'histograms'}
+  for layer in ('conv2d', 'conv2d_1', 'dense', 'dense_1'):
+    for kind in ('kernel', 'bias'):
+      assert {f'weights/seed_cnn/{layer}/{kind}',
+              f'gradients/seed_cnn/{layer}/{kind}'} <= histograms
+      assert tensors[f'gradient_norm/seed_cnn/{layer}/{kind}'][0] == 'scalars'
+  plugin, norms = tensors['gradient_norm/global']
+  assert plugin == 'scalars' and [step for step, _ in norms] == [16, 32]
+  assert all(np.isfinite(value) and value > 0 for _, value in norms)
+  # Only the epoch ends, not every step, pay for histograms.
+  assert len(tensors['weights/seed_cnn/dense/kernel'][1]) == 2
+
+
+def test_run_writes_its_config_as_hparams_and_the_test_metrics(trained):
+  _, model_dir, results = trained
+  tensors = _tensors(model_dir)
+  accumulator = event_accumulator.EventAccumulator(model_dir)
+  accumulator.Reload()
+  content = accumulator.SummaryMetadata(
+      hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content
+  hparams = hparams_metadata.parse_session_start_info_plugin_data(content).hparams
+  assert hparams['learning_rate'].number_value == pytest.approx(1e-3)
+  assert hparams['strategy'].string_value == 'default'
+  assert hparams['profile_steps'].string_value == '3,6'
+  assert hparams['data_dir'].string_value == ''  # None is not an hparams value.
+  assert set(hparams) == set(config_lib.TrainConfig.__dataclass_fields__)
+  for name in ('test_accuracy', 'test_loss'):
+    plugin, events = tensors[name]
+    assert plugin == 'scalars'
+    step, value = events[-1]
+    assert (step, float(value)) == (results['global_step'], pytest.approx(results[name]))
+
+
+def test_profile_steps_write_a_trace_and_no_flag_writes_none(trained, tmp_path, mirrored2):
+  _, model_dir, _ = trained
+  traces = glob.glob(os.path.join(model_dir, 'plugins', 'profile', '*', '*.xplane.pb'))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+  # Two replicas and a padded last eval batch: every example counted once, no trace.
+  config = config_lib.TrainConfig(model_dir=str(tmp_path / 'run'), epochs=1,
+                                  batch_size=32, eval_batch_size=100)
+  results = train.run(config, datasets_override=synthetic_splits(256, 301),
+                      strategy_override=mirrored2)
+  _, events = _tensors(os.path.join(config.model_dir, 'eval'))[summaries.CONFUSION_COUNTS_TAG]
+  assert events[-1][1].sum() == results['test_examples'] == 301
+  assert not os.path.exists(os.path.join(config.model_dir, 'plugins'))
+
+
+@pytest.mark.parametrize('value', ['5,5', '0,3', '7,2', 'a,b', '3', '1,2,3'])
+def test_invalid_profile_steps_are_refused(value):
+  with pytest.raises(errors.ConfigError, match='--profile_steps must be START,END'):
+    config_lib.TrainConfig(profile_steps=value).validate()
+
+
+def test_profile_steps_parse_and_empty_means_off():
+  assert config_lib.TrainConfig(profile_steps='10,20').validate().profile_step_range() == (
+      10, 20)
+  for off in (None, ''):
+    assert config_lib.TrainConfig(profile_steps=off).validate().profile_step_range() is None
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+class _Server:
+  """HTTP to the local TensorBoard only; proxies from the environment are bypassed."""
+
+  def __init__(self, port):
+    self.base = f'http://127.0.0.1:{port}'
+    self._opener = request.build_opener(request.ProxyHandler({}))
+
+  def get(self, path, body=None, raw=False):
+    data = None if body is None else json.dumps(body).encode()
+    req = request.Request(self.base + path, data=data,
+                          headers={'Content-Type': 'application/json'})
+    with self._opener.open(req, timeout=30) as response:
+      payload = response.read()
+      if response.headers.get('Content-Encoding') == 'gzip':
+        payload = gzip.decompress(payload)
+    return payload if raw else json.loads(payload)
+
+
+def _wait_for(server, process, log_path, ready):
+  """Polls until `ready(server)` is true; the server loads event files in the background."""
+  deadline = time.monotonic() + SERVER_START_SECONDS
+  while time.monotonic() < deadline:
+    if process.poll() is not None:
+      with open(log_path) as f:
+        pytest.fail(f'tensorboard exited with {process.returncode}:\n{f.read()[-3000:]}')
+    try:
+      if ready(server):
+        return
+    except OSError:  # Not listening yet (URLError and HTTPError are OSErrors).
+      pass
+    time.sleep(0.5)
+  with open(log_path) as f:
+    pytest.fail(f'tensorboard not ready in {SERVER_START_SECONDS}s:\n{f.read()[-3000:]}')
+
+
+def test_real_tensorboard_serves_scalars_images_histograms_hparams_and_profile(
+    trained, tmp_path):
+  logdir, _, results = trained
+  port = _free_port()
+  log_path = str(tmp_path / 'tensorboard.log')
+  tensorboard = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
+  with open(log_path, 'w') as log:
+    process = subprocess.Popen(
+        [tensorboard, '--logdir', logdir, '--host', '127.0.0.1', '--port', str(port)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+  server = _Server(port)
+  try:
+    _wait_for(server, process, log_path, lambda s: 'test_accuracy' in s.get(
+        '/data/plugin/scalars/tags').get('run', {}))
+
+    listing = server.get('/data/plugins_listing')
+    for plugin in ('scalars', 'images', 'histograms', 'hparams', 'profile'):
+      assert listing[plugin]['enabled'], plugin
+    assert {'run', 'run/train', 'run/eval'} <= set(server.get('/data/runs'))
+
+    scalar_tags = server.get('/data/plugin/scalars/tags')
+    assert {'loss', 'accuracy', 'gradient_norm/global'} <= set(scalar_tags['run/train'])
+    points = server.get('/data/plugin/scalars/scalars?run=run&tag=test_accuracy')
+    assert points[-1][1:] == [results['global_step'], pytest.approx(results['test_accuracy'])]
+
+    assert {'confusion_matrix', 'misclassified'} <= set(
+        server.get('/data/plugin/images/tags')['run/eval'])
+    images = server.get('/data/plugin/images/images?run=run/eval&tag=misclassified')
+    assert [image['step'] for image in images] == [16, 32]
+    png = server.get('/data/plugin/images/individualImage?' + images[-1]['query'], raw=True)
+    assert png.startswith(b'\x89PNG')
+
+    assert {'weights/seed_cnn/dense/kernel', 'gradients/seed_cnn/dense/kernel'} <= set(
+        server.get('/data/plugin/histograms/tags')['run/train'])
+    histogram = server.get('/data/plugin/histograms/histograms?' + parse.urlencode(
+        {'run': 'run/train', 'tag': 'weights/seed_cnn/dense/kernel'}))
+    assert [step for _, step, _ in histogram] == [16, 32]
+
+    experiment = server.get('/data/plugin/hparams/experiment', {'experimentName': ''})
+    types = {info['name']: info['type'] for info in experiment['hparamInfos']}
+    assert types['learning_rate'] == 'DATA_TYPE_FLOAT64'
+    assert types['strategy'] == 'DATA_TYPE_STRING'
+    metrics = {(m['name'].get('group', ''), m['name']['tag'])
+               for m in experiment['metricInfos']}
+    assert {('', 'test_accuracy'), ('', 'test_loss'), ('eval', 'accuracy')} <= metrics
+    groups = server.get('/data/plugin/hparams/session_groups', {
+        'experimentName': '', 'startIndex': 0, 'sliceSize': 10,
+        'allowedStatuses': ['STATUS_UNKNOWN', 'STATUS_SUCCESS', 'STATUS_FAILURE',
+                            'STATUS_RUNNING']})['sessionGroups']
+    assert len(groups) == 1 and groups[0]['hparams']['batch_size'] == 32
+    values = {m['name']['tag']: m['value'] for m in groups[0]['metricValues']
+              if not m['name'].get('group')}
+    assert values['test_accuracy'] == pytest.approx(results['test_accuracy'])
+
+    profile_runs = server.get('/data/plugin/profile/runs')
+    assert len(profile_runs) == 1 and profile_runs[0].startswith('run/')
+  finally:
+    process.terminate()
+    try:
+      process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait(timeout=30)
