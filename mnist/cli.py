@@ -185,9 +185,14 @@ def run_config_from_flags(config: config_lib.TrainConfig) -> config_lib.TrainCon
   return config.validate()
 
 
-def runtime_config_from_flags() -> runtime.RuntimeConfig:
+def _runtime_config() -> runtime.RuntimeConfig:
   return runtime.RuntimeConfig(onednn=FLAGS.onednn, inter_op_threads=FLAGS.inter_op_threads,
-                               intra_op_threads=FLAGS.intra_op_threads).validate()
+                               intra_op_threads=FLAGS.intra_op_threads)
+
+
+def runtime_config_from_flags() -> runtime.RuntimeConfig:
+  """Reads the parsed runtime flags into a validated RuntimeConfig (raises ConfigError)."""
+  return _runtime_config().validate()
 
 
 def benchmark_config_from_flags() -> benchmark_config.BenchmarkConfig:
@@ -196,7 +201,7 @@ def benchmark_config_from_flags() -> benchmark_config.BenchmarkConfig:
             for field in benchmark_config.BenchmarkConfig.__dataclass_fields__
             if field in FLAGS and field not in ('train', 'runtime')}
   return benchmark_config.BenchmarkConfig(
-      train=train_config_from_flags(), runtime=runtime_config_from_flags(),
+      train=train_config_from_flags(), runtime=_runtime_config(),  # Validated below.
       role=FLAGS['_role'].value, **values).validate()
 
 

@@ -61,12 +61,14 @@ def load_model(model_dir: str, config: config_lib.TrainConfig = None) -> keras.M
     status = tf.train.Checkpoint(model=model).restore(path)
     status.assert_existing_objects_matched()
     status.expect_partial()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
+  except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+    # IndexError: a truncated file ("Read less bytes than requested").
     detail = re.sub(r'\{\{.*?\}\}\s*|\s*\[Op:\w+\]', '', str(e)).strip()
+    detail = detail.splitlines()[0][:300] if detail else type(e).__name__
     raise errors.CheckpointError(
         f'The checkpoint {path} does not hold the weights of the model that '
         f'{os.path.join(model_dir, CONFIG_FILE)} describes (a different model, or a '
-        f'damaged file?). Details: {detail.splitlines()[0][:300]}') from None
+        f'damaged file?). Details: {detail}') from None
   return model
 
 

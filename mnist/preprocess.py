@@ -24,6 +24,9 @@ CENTER = 14.0
 # 50 megapixels covers camera photos; a header claiming more is treated as a
 # decompression bomb, before any pixel is decoded.
 MAX_PIXELS = 50_000_000
+# Larger pictures are shrunk to this longer side before anything else: plenty,
+# unless the digit spans a tiny part of a huge photo (then crop the photo first).
+MAX_SIDE = 2048
 # Pillow can open formats (EPS via Ghostscript, ...) that no digit comes in.
 FORMATS = ('PNG', 'JPEG', 'BMP', 'GIF', 'TIFF', 'WEBP')
 # Below this range between background and ink (in grey levels) there is no digit.
@@ -52,6 +55,11 @@ def load_grey(path: str) -> np.ndarray:
             f'the image claims {width}x{height} pixels, more than the {MAX_PIXELS:,} '
             'this tool decodes (a decompression bomb?); scale it down first.')
       image.seek(0)  # An animated GIF's first frame.
+      if image.mode in ('1', 'P', 'PA'):  # Pillow would shrink these by nearest neighbour.
+        image = image.convert('RGBA')
+      # The digit ends up 20 pixels tall; shrinking first (a JPEG decodes at a
+      # reduced scale) bounds the time and memory a camera photo takes.
+      image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
       image = ImageOps.exif_transpose(image)  # Phone photos: upright as displayed.
       return _to_grey(image)
   except Image.DecompressionBombError as e:

@@ -50,7 +50,7 @@ def report_figure(history: dict, title: str) -> figure_lib.Figure:
   fig = figure_lib.Figure(figsize=(16, 5), dpi=100, layout='tight')
   for column, metric in enumerate(('loss', 'accuracy')):
     ax = fig.add_subplot(1, 3, column + 1)
-    for run, style in (('train', '-'), ('eval', 'o-')):
+    for run, style in (('train', '.-'), ('eval', 'o-')):  # Markers: one point shows.
       if metric in history[run]:
         steps, values = history[run][metric]
         ax.plot(steps, values, style, label=f'{run} {metric}')

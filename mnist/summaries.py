@@ -6,7 +6,6 @@ image and histogram work runs once per epoch in functions of its own, so the
 train step and the eval step stay exactly as they are.
 """
 import dataclasses
-import os
 
 from absl import logging
 import numpy as np
@@ -27,7 +26,7 @@ CONFUSION_COUNTS_PLUGIN = 'mnist_confusion_counts'
 
 def start_run(config, model, strategy, splits, train_writer, eval_writer,
               step: int) -> 'RunSummaries':
-  """Writes the run's hyperparameters and starts a profile if it begins at step 1."""
+  """Writes the run's hyperparameters; starts the profile if it covers the next step."""
   summaries = RunSummaries(config, model, strategy, splits, train_writer, eval_writer)
   summaries.write_hparams(config)
   summaries.after_steps(step)

@@ -129,7 +129,7 @@ def test_gif_first_frame_is_used(tmp_path):
                                 preprocess.to_mnist(first))
 
 
-def _png_header(width, height):
+def png_header(width, height):
   """A valid PNG signature and header claiming width x height, with almost no data."""
   def chunk(kind, payload):
     return (struct.pack('>I', len(payload)) + kind + payload +
@@ -142,9 +142,9 @@ def _png_header(width, height):
 @pytest.mark.parametrize('content, message', [
     (b'', 'empty'),
     (b'hello, not an image', 'not an image'),
-    (_png_header(100_000, 100_000), 'too large to decode safely'),  # Pillow's own limit.
-    (_png_header(8_000, 8_000), 'decompression bomb'),  # Ours, under Pillow's.
-    (_png_header(40, 40), 'could not be read'),  # Truncated pixel data.
+    (png_header(100_000, 100_000), 'too large to decode safely'),  # Pillow's own limit.
+    (png_header(8_000, 8_000), 'decompression bomb'),  # Ours, under Pillow's.
+    (png_header(40, 40), 'could not be read'),  # Truncated pixel data.
 ])
 def test_bad_files_raise_a_clear_image_error(tmp_path, content, message):
   path = tmp_path / 'bad.png'
@@ -158,3 +158,27 @@ def test_missing_file_and_folder_are_image_errors(tmp_path):
     preprocess.preprocess_file(str(tmp_path / 'missing.png'))
   with pytest.raises(errors.ImageError, match='a folder'):
     preprocess.preprocess_file(str(tmp_path))
+
+
+def test_large_picture_is_shrunk_first_and_gives_the_same_digit(tmp_path):
+  small = _l_shape(canvas=(300, 200), height=120, width=60, top=50, left=70, stroke=12)
+  large = np.asarray(Image.fromarray(small.astype(np.uint8)).resize(
+      (2000, 3000), Image.Resampling.NEAREST))
+  out = preprocess.preprocess_file(_save(tmp_path, 'large.png', large))[..., 0]
+  assert np.abs(out.astype(int) - preprocess.to_mnist(small)).max() <= 4
+  assert max(preprocess.load_grey(str(tmp_path / 'large.png')).shape) == \
+      preprocess.MAX_SIDE
+
+
+def test_exif_orientation_is_applied(tmp_path):
+  bar = np.zeros((100, 300), np.uint8)  # A horizontal bar as stored...
+  bar[45:55, 20:280] = 255
+  image = Image.fromarray(bar)
+  exif = image.getexif()
+  exif[0x0112] = 6  # ...shown rotated 90 degrees, as a phone held upright records it.
+  path = str(tmp_path / 'rotated.jpg')
+  image.save(path, exif=exif)
+  assert preprocess.load_grey(path).shape == (300, 100)
+  out = preprocess.preprocess_file(path)[..., 0]
+  rows, cols = np.flatnonzero(out.any(axis=1)), np.flatnonzero(out.any(axis=0))
+  assert rows[-1] - rows[0] > cols[-1] - cols[0]  # Vertical, as displayed.

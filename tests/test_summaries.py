@@ -223,6 +223,9 @@ def test_real_tensorboard_serves_scalars_images_histograms_hparams_and_profile(
 
     profile_runs = server.get('/data/plugin/profile/runs')
     assert len(profile_runs) == 1 and profile_runs[0].startswith('run/')
+    tools = server.get('/data/plugin/profile/run_tools?' + parse.urlencode(
+        {'run': profile_runs[0]}))
+    assert {'overview_page', 'trace_viewer@'} <= set(tools)
   finally:
     process.terminate()
     try:

@@ -1,0 +1,175 @@
+"""scripts/benchmark.py and its library: it runs and reports; no timing is asserted."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mnist import benchmark
+from mnist import benchmark_ab
+from mnist import benchmark_config
+from mnist import config as config_lib
+from mnist import errors
+from mnist import runtime
+from mnist import stats
+
+from conftest import REPO
+from conftest import synthetic_splits
+
+STATS_KEYS = {'images_per_sec_median', 'images_per_sec_mean', 'images_per_sec_stderr',
+              'images_per_sec_jitter', 'peak_rss_mib', 'settings'}
+TINY = ('--warmup_steps=2', '--num_windows=2', '--window_steps=3')
+
+
+def test_summarize_known_numbers():
+  # 100 images per window in 1, 2, 4, 1, 2 s: rates 100, 50, 25, 100, 50.
+  summary = stats.summarize([1, 2, 4, 1, 2], images_per_window=100)
+  assert summary['n'] == 5
+  assert summary['median'] == 50
+  assert summary['mean'] == pytest.approx(500 / 10)  # Total images over total time.
+  # Population std of the rates (mean 65): sqrt(4500 / 5) = 30; over sqrt(5).
+  assert summary['stderr'] == pytest.approx(30 / 5 ** 0.5)
+  # |rate - 50| = 50, 0, 25, 50, 0: median 25.
+  assert summary['jitter'] == pytest.approx(1.4826 * 25)
+
+
+def test_summarize_jitter_ignores_one_outlier():
+  summary = stats.summarize([1, 1, 1, 1, 100], images_per_window=10)
+  assert summary['median'] == 10 and summary['jitter'] == 0
+  assert summary['stderr'] > 0
+
+
+def test_summarize_rejects_empty_or_zero_durations():
+  with pytest.raises(ValueError):
+    stats.summarize([], 10)
+  with pytest.raises(ValueError):
+    stats.summarize([1, 0], 10)
+
+
+def test_runtime_defaults_change_nothing_and_flags_set_the_environment():
+  assert runtime.env_changes(runtime.RuntimeConfig()) == {}
+  environ = {}
+  runtime.apply_env(runtime.RuntimeConfig(onednn='off', inter_op_threads=2,
+                                          intra_op_threads=3), environ)
+  assert environ == {'TF_ENABLE_ONEDNN_OPTS': '0', 'TF_NUM_INTEROP_THREADS': '2',
+                     'TF_NUM_INTRAOP_THREADS': '3'}
+  assert runtime.env_changes(runtime.RuntimeConfig(onednn='on')) == {
+      'TF_ENABLE_ONEDNN_OPTS': '1'}
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'warmup_steps': 0}, '--warmup_steps must be >= 1'),
+    ({'synthetic_data': True, 'input_only': True}, 'exclude each other'),
+    ({'baseline': 'keras_fit', 'synthetic_data': True}, 'cannot be combined'),
+    ({'baseline': 'torch'}, '--baseline must be'),
+    ({'baseline': 'keras_fit', 'baseline_repeats': 1}, '--baseline_repeats must be >= 2'),
+    ({'runtime': runtime.RuntimeConfig(onednn='maybe')}, '--onednn must be one of'),
+    ({'train': config_lib.TrainConfig(batch_size=0)}, '--batch_size must be > 0'),
+])
+def test_invalid_benchmark_config_names_the_problem(changes, message):
+  with pytest.raises(errors.ConfigError, match=message):
+    benchmark_config.BenchmarkConfig(**changes).validate()
+
+
+def test_keras_child_gets_stock_runtime_flags_unless_tuned():
+  command = ['python', 'benchmark.py', '--onednn=off']
+  stock = benchmark_ab.child_command(command, 'keras_fit', 'keras_fit')
+  assert stock[:3] == command and stock[3] == '--_role=keras_fit'
+  assert stock[-3:] == ['--onednn=auto', '--inter_op_threads=0', '--intra_op_threads=0']
+  tuned = benchmark_ab.child_command(command, 'keras_fit', 'keras_fit_tuned')
+  assert tuned == command + ['--_role=keras_fit']
+  assert benchmark_ab.child_command(command, 'ours', 'keras_fit') == command + ['--_role=ours']
+
+
+def _config(**changes):
+  train = config_lib.TrainConfig(batch_size=64, epochs=2).replace(**changes.pop('train', {}))
+  return benchmark_config.BenchmarkConfig(train=train, warmup_steps=2, num_windows=2,
+                                          window_steps=3).replace(**changes)
+
+
+@pytest.mark.parametrize('changes', [
+    {},
+    {'synthetic_data': True},
+    {'synthetic_data': True, 'train': {'strategy': 'mirrored', 'cpu_devices': 2}},
+    {'input_only': True, 'train': {'steps_per_loop': 2}},
+], ids=['ours', 'synthetic', 'synthetic_mirrored', 'input_only'])
+def test_windows_report_every_statistic_as_json(changes, capsys):
+  config = _config(**changes)
+  result = json.loads(json.dumps(benchmark.run(config, datasets_override=synthetic_splits())))
+  assert STATS_KEYS <= set(result)
+  assert len(result['window_seconds']) == len(result['window_images_per_sec']) == 2
+  settings = result['settings']
+  assert settings['mode'] == 'windows' and settings['global_batch'] == 64
+  assert {'devices', 'strategy', 'replicas', 'precision', 'xla', 'tensorflow', 'keras',
+          'onednn', 'threads', 'env'} <= set(settings)
+  out = capsys.readouterr().out
+  assert out.index('Benchmark settings') < out.index('window 1/2') < out.index('median')
+
+
+@pytest.mark.parametrize('role', ['ours', 'keras_fit'])
+def test_epochs_mode_times_whole_epochs(role, capsys):
+  config = _config(epochs_mode=True, role=role)
+  result = json.loads(json.dumps(benchmark.run(config, datasets_override=synthetic_splits())))
+  assert len(result['epoch_seconds']) == 2  # --epochs=2 of 512 // 64 steps.
+  assert result['epoch_seconds_max_over_median'] >= 1
+  assert STATS_KEYS <= set(result) and result['settings']['role'] == role
+  assert 'epoch 2/2: 8 steps' in capsys.readouterr().out
+
+
+def test_keras_fit_role_times_windows_in_process(capsys):
+  result = benchmark.run(_config(role='keras_fit', window_steps=5),
+                         datasets_override=synthetic_splits())
+  assert len(result['window_seconds']) == 2 and STATS_KEYS <= set(result)
+  assert isinstance(result['settings']['xla'], bool)  # What compile's 'auto' resolved to.
+  # 2 warm-up + 2 x 5 steps cross the 8-step epoch end in window 2.
+  assert result['windows_opening_an_epoch'] == [2]
+  assert 'model.fit' in capsys.readouterr().out
+
+
+def _script(*flags, env=None):
+  return subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'benchmark.py'),
+                         *flags], capture_output=True, text=True, timeout=600,
+                        env={**os.environ, **(env or {})})
+
+
+def test_script_rejects_bad_flags_before_loading_tensorflow():
+  poison = os.path.join(REPO, 'tests', 'poison_tensorflow')
+  result = _script('--num_windows=0', '--onednn=maybe', '--baseline=keras_fit',
+                   '--baseline_repeats=1', env={'PYTHONPATH': poison + os.pathsep + REPO})
+  assert result.returncode == 2, result.stderr
+  for message in ('--num_windows must be >= 1', '--onednn must be one of',
+                  '--baseline_repeats must be >= 2'):
+    assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.real_data
+def test_script_prints_settings_windows_and_json(manual_dir):
+  result = _script("--train_split=train[:1024]", *TINY, f'--tfds_manual_dir={manual_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  summary = json.loads(lines[-1])  # The last line is JSON.
+  assert STATS_KEYS | {'window_seconds'} <= set(summary)
+  assert summary['settings']['data'] == 'tfds' and summary['settings']['num_train'] == 1024
+  assert lines[0] == 'Benchmark settings'
+
+
+@pytest.mark.real_data
+def test_keras_fit_baseline_alternates_child_processes(manual_dir):
+  result = _script("--train_split=train[:512]", *TINY, '--baseline=keras_fit',
+                   '--baseline_repeats=2', '--onednn=on', f'--tfds_manual_dir={manual_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert {'images_per_sec_median', 'baseline_images_per_sec_median', 'ratio_median',
+          'ratios', 'peak_rss_mib', 'ours', 'baseline_runs'} <= set(summary)
+  assert len(summary['ratios']) == 2
+  assert [r['settings']['role'] for r in summary['ours'] + summary['baseline_runs']] == [
+      'ours', 'ours', 'keras_fit', 'keras_fit']
+  # Ours runs with our runtime flags, the stock baseline without them.
+  assert summary['ours'][0]['settings']['onednn']['flag'] == 'on'
+  assert summary['baseline_runs'][0]['settings']['onednn']['flag'] == 'auto'
+  labels = [line.split(']')[0] for line in result.stdout.splitlines() if line.startswith('[')]
+  order = [label for i, label in enumerate(labels) if i == 0 or label != labels[i - 1]]
+  assert order == ['[ours 1/2', '[keras_fit 1/2', '[ours 2/2', '[keras_fit 2/2']
+  assert 'median ratio ours / keras_fit' in result.stdout
