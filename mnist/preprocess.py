@@ -45,23 +45,13 @@ def load_grey(path: str) -> np.ndarray:
     if os.path.getsize(path) == 0:
       raise errors.ImageError('the file is empty (0 bytes).')
     with warnings.catch_warnings():
-      # Our own, lower MAX_PIXELS limit below decides; Pillow would only warn.
-      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      # Pillow warns about large images (our MAX_PIXELS check decides) and about
+      # corrupt metadata (the image then decodes or raises).
+      warnings.simplefilter('ignore')
       image = Image.open(path, formats=FORMATS)  # Lazy: reads the header only.
-    with image:
-      width, height = image.size
-      if width * height > MAX_PIXELS:
-        raise errors.ImageError(
-            f'the image claims {width}x{height} pixels, more than the {MAX_PIXELS:,} '
-            'this tool decodes (a decompression bomb?); scale it down first.')
-      image.seek(0)  # An animated GIF's first frame.
-      if image.mode in ('1', 'P', 'PA'):  # Pillow would shrink these by nearest neighbour.
-        image = image.convert('RGBA')
-      # The digit ends up 20 pixels tall; shrinking first (a JPEG decodes at a
-      # reduced scale) bounds the time and memory a camera photo takes.
-      image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
-      image = ImageOps.exif_transpose(image)  # Phone photos: upright as displayed.
-      return _to_grey(image)
+      return _decode(image)
+  except errors.ImageError:
+    raise
   except Image.DecompressionBombError as e:
     raise errors.ImageError(f'the image is too large to decode safely: {e}') from None
   except FileNotFoundError:
@@ -71,8 +61,28 @@ def load_grey(path: str) -> np.ndarray:
   except UnidentifiedImageError:
     raise errors.ImageError('not an image in a supported format '
                             f'({", ".join(FORMATS)}).') from None
-  except (OSError, ValueError, SyntaxError) as e:  # Missing, truncated or corrupt.
-    raise errors.ImageError(f'the image could not be read: {e}') from None
+  except Exception as e:  # pylint: disable=broad-except
+    # Truncated or corrupt: Pillow's decoders raise OSError, SyntaxError, EOFError,
+    # struct.error, ... One bad file must not stop the others.
+    raise errors.ImageError(f'the image could not be read: {str(e) or type(e).__name__}') from None
+
+
+def _decode(image: Image.Image) -> np.ndarray:
+  """Checks the header's size, then decodes the first frame, at most MAX_SIDE pixels."""
+  with image:
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+      raise errors.ImageError(
+          f'the image claims {width}x{height} pixels, more than the {MAX_PIXELS:,} '
+          'this tool decodes (a decompression bomb?); scale it down first.')
+    image.seek(0)  # An animated GIF's first frame.
+    if image.mode in ('1', 'P', 'PA'):  # Pillow would shrink these by nearest neighbour.
+      image = image.convert('RGBA')
+    # The digit ends up 20 pixels tall; shrinking first (a JPEG decodes at a
+    # reduced scale) bounds the time and memory a camera photo takes.
+    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
+    image = ImageOps.exif_transpose(image)  # Phone photos: upright as displayed.
+    return _to_grey(image)
 
 
 def _to_grey(image: Image.Image) -> np.ndarray:

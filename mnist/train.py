@@ -159,7 +159,8 @@ def _restore(state: TrainState, manager: tf.train.CheckpointManager):
     return
   try:
     state.checkpoint().restore(path).assert_consumed()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
+  except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:  # IndexError:
+    # a truncated checkpoint file.
     detail = re.sub(r'\{\{.*?\}\}\s*|\s*\[Op:\w+\]', '', str(e)).strip()
     raise errors.CheckpointError(
         f'The checkpoint {path} does not match this model and flags (a different model, '

@@ -110,3 +110,12 @@ def test_truncated_and_corrupt_files_are_named_with_their_sha256(empty_builder, 
   assert 't10k-labels-idx1-ubyte.gz has the wrong checksum (expected sha256 f7ae60f9' in message
   assert 't10k-images-idx3-ubyte.gz is missing (expected sha256 8d422c7b' in message
   assert not empty_builder.is_prepared()
+
+
+def test_pipelines_run_without_autotune_and_in_deterministic_order():
+  # Autotuning made replacing an unfinished epoch iterator stall for seconds.
+  splits = synthetic_splits()
+  for dataset in (data.train_pipeline(splits.train, 512, 32, seed=0, epoch=0),
+                  data.eval_pipeline(splits.eval, 300, 100)):
+    assert dataset.options().autotune.enabled is False
+    assert dataset.options().deterministic is True

@@ -1,4 +1,5 @@
 """MNIST-style preprocessing on synthetic pictures: polarity, crop, aspect, centring, files."""
+import io
 import struct
 import zlib
 
@@ -182,3 +183,28 @@ def test_exif_orientation_is_applied(tmp_path):
   out = preprocess.preprocess_file(path)[..., 0]
   rows, cols = np.flatnonzero(out.any(axis=1)), np.flatnonzero(out.any(axis=0))
   assert rows[-1] - rows[0] > cols[-1] - cols[0]  # Vertical, as displayed.
+
+
+@pytest.mark.parametrize('image_format', ['PNG', 'JPEG', 'BMP', 'GIF', 'TIFF', 'WEBP'])
+def test_corrupted_files_give_an_image_error_or_a_digit_never_a_crash(tmp_path,
+                                                                      image_format):
+  buffer = io.BytesIO()
+  Image.fromarray((255 - _l_shape(canvas=(64, 48), top=8, left=10, height=40, width=20))
+                  .astype(np.uint8)).save(buffer, image_format)
+  original = buffer.getvalue()
+  rng = np.random.default_rng(0)
+  path = tmp_path / 'corrupt'
+  failures = 0
+  for trial in range(40):
+    content = bytearray(original)
+    if trial % 2:
+      content = content[:rng.integers(1, len(content))]  # Truncated.
+    else:
+      for _ in range(rng.integers(1, 8)):  # Flipped bytes, headers included.
+        content[rng.integers(0, len(content))] = rng.integers(0, 256)
+    path.write_bytes(bytes(content))
+    try:
+      assert preprocess.preprocess_file(str(path)).shape == (28, 28, 1)
+    except errors.ImageError:
+      failures += 1
+  assert failures >= 10  # The corruption did reach the decoders.
