@@ -35,6 +35,10 @@ def define_data_flags():
   flags.DEFINE_string('train_split', d.train_split,
                       "TFDS split string for training, e.g. 'train[:6400]' for a short run.")
   flags.DEFINE_string('eval_split', d.eval_split, 'TFDS split string for evaluation.')
+  flags.DEFINE_string('validation_split', d.validation_split,
+                      "Split for per-epoch evaluation and any choice, e.g. 'train[55000:]' "
+                      "with --train_split='train[:55000]'; the test split is then only "
+                      'reported at the end.')
   flags.DEFINE_integer('eval_batch_size', d.eval_batch_size,
                        'Global evaluation batch; the last batch is padded, never dropped.')
 
@@ -47,6 +51,22 @@ def define_train_flags():
   flags.DEFINE_integer('batch_size', d.batch_size,
                        'Global training batch, split evenly across replicas.')
   flags.DEFINE_float('learning_rate', d.learning_rate, 'Adam learning rate.')
+  flags.DEFINE_string('model', d.model, 'Model: ' + ', '.join(config_lib.MODELS) + '.')
+  flags.DEFINE_bool('batch_norm', d.batch_norm, 'Batch normalisation after each conv.')
+  flags.DEFINE_bool('augment', d.augment,
+                    'Random shifts (2 px), rotations (10 deg) and scales (10%) while '
+                    'training; never at evaluation.')
+  flags.DEFINE_string('lr_schedule', d.lr_schedule,
+                      'Learning-rate schedule over all --epochs: ' +
+                      ', '.join(config_lib.SCHEDULES) + '. --learning_rate is the peak.')
+  flags.DEFINE_float('warmup_fraction', d.warmup_fraction,
+                     'Fraction of all steps spent warming up (one_cycle, warmup_cosine).')
+  flags.DEFINE_float('adam_beta1', d.adam_beta1, 'Adam beta_1.')
+  flags.DEFINE_float('adam_beta2', d.adam_beta2, 'Adam beta_2.')
+  flags.DEFINE_float('label_smoothing', d.label_smoothing, 'Label smoothing of the train loss.')
+  flags.DEFINE_float('ema_momentum', d.ema_momentum,
+                     'If > 0, keep an exponential moving average of the weights with this '
+                     'momentum and evaluate (and export) it.')
   flags.DEFINE_float('dropout_rate', d.dropout_rate, 'Dropout before the logits layer.')
   flags.DEFINE_integer('seed', d.seed, 'Seed for weights, dropout and the shuffle order.')
   flags.DEFINE_string('strategy', d.strategy,
@@ -73,6 +93,9 @@ def define_train_flags():
   flags.DEFINE_string('nan_policy', d.nan_policy,
                       'On a non-finite loss or gradient norm: stop (exit 3, last '
                       'checkpoint kept) or skip_step (drop that update, count it).')
+  flags.DEFINE_bool('epoch_summaries', d.epoch_summaries,
+                    'Per-epoch TensorBoard images (confusion matrix, misclassified digits) '
+                    'and histograms. Off for speed runs.')
   flags.DEFINE_string('profile_steps', d.profile_steps,
                       'START,END: trace train steps START..END (1-based, rounded to '
                       '--steps_per_loop calls) into MODEL_DIR/plugins/profile for '
@@ -203,6 +226,18 @@ def benchmark_config_from_flags() -> benchmark_config.BenchmarkConfig:
   return benchmark_config.BenchmarkConfig(
       train=train_config_from_flags(), runtime=_runtime_config(),  # Validated below.
       role=FLAGS['_role'].value, **values).validate()
+
+
+def config_to_flags(config: config_lib.TrainConfig, skip=('model_dir', 'seed')) -> list:
+  """The flags that reproduce `config` (those that differ from the defaults)."""
+  flags_out = []
+  for field in config_lib.TrainConfig.__dataclass_fields__:
+    value = getattr(config, field)
+    if field in skip or value == getattr(_DEFAULTS, field):
+      continue
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    flags_out.append(f'--{field}={text}')
+  return flags_out
 
 
 def run(main):

@@ -11,6 +11,8 @@ from mnist import errors
 STRATEGIES = ('default', 'one_device', 'mirrored')
 PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')
 NAN_POLICIES = ('stop', 'skip_step')
+MODELS = ('seed_cnn', 'fast_cnn', 'wide_cnn')  # mnist/model.py builds them.
+SCHEDULES = ('constant', 'one_cycle', 'warmup_cosine')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,10 +24,22 @@ class TrainConfig:
   tfds_manual_dir: Optional[str] = None  # Folder with the dataset's original files.
   train_split: str = 'train'
   eval_split: str = 'test'
+  # Carved from the training data (e.g. 'train[55000:]') for choosing anything;
+  # when set, each epoch evaluates on it and the test split is only reported at the end.
+  validation_split: str = ''
   epochs: int = 5
   batch_size: int = 64  # Global: split evenly across replicas.
   eval_batch_size: int = 1000
-  learning_rate: float = 1e-3
+  model: str = 'seed_cnn'
+  batch_norm: bool = False
+  augment: bool = False  # Random shifts, rotations and scales while training.
+  learning_rate: float = 1e-3  # Adam; the peak of a schedule.
+  lr_schedule: str = 'constant'
+  warmup_fraction: float = 0.2  # Of all steps, for one_cycle and warmup_cosine.
+  adam_beta1: float = 0.9
+  adam_beta2: float = 0.999
+  label_smoothing: float = 0.0
+  ema_momentum: float = 0.0  # > 0: evaluate an exponential moving average of the weights.
   dropout_rate: float = 0.5
   seed: int = 0
   strategy: str = 'default'
@@ -40,6 +54,7 @@ class TrainConfig:
   nan_policy: str = 'stop'
   # 'START,END': trace steps START..END for TensorBoard's Profile tab; None: off.
   profile_steps: Optional[str] = None
+  epoch_summaries: bool = True  # Per-epoch images and histograms in TensorBoard.
 
   def replace(self, **changes) -> 'TrainConfig':
     return dataclasses.replace(self, **changes)
@@ -72,6 +87,19 @@ class TrainConfig:
           f'--eval_batch_size must be > 0, got {self.eval_batch_size}.')
     check(self.learning_rate > 0,
           f'--learning_rate must be > 0, got {self.learning_rate}.')
+    check(self.model in MODELS,
+          f'--model must be one of {", ".join(MODELS)}; got {self.model!r}.')
+    check(self.lr_schedule in SCHEDULES,
+          f'--lr_schedule must be one of {", ".join(SCHEDULES)}; got {self.lr_schedule!r}.')
+    check(0 <= self.warmup_fraction < 1,
+          f'--warmup_fraction must be in [0, 1), got {self.warmup_fraction}.')
+    for name in ('adam_beta1', 'adam_beta2'):
+      check(0 <= getattr(self, name) < 1,
+            f'--{name} must be in [0, 1), got {getattr(self, name)}.')
+    check(0 <= self.label_smoothing < 1,
+          f'--label_smoothing must be in [0, 1), got {self.label_smoothing}.')
+    check(0 <= self.ema_momentum < 1,
+          f'--ema_momentum must be in [0, 1) (0: off), got {self.ema_momentum}.')
     check(0 <= self.dropout_rate < 1,
           f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     check(self.strategy in STRATEGIES,

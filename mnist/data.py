@@ -46,12 +46,14 @@ class Splits:
   num_eval: int
   num_classes: int
   image_shape: tuple
+  validation: Optional[tf.data.Dataset] = None  # Carved from the training data.
+  num_validation: int = 0
 
 
 def load_splits(dataset: str, train_split: str, eval_split: str,
-                data_dir: Optional[str] = None,
-                manual_dir: Optional[str] = None) -> Splits:
-  """Loads two TFDS splits, preparing the dataset first if needed."""
+                data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
+                validation_split: str = '') -> Splits:
+  """Loads the TFDS splits, preparing the dataset first if needed."""
   builder = _builder(dataset, data_dir)
   if not builder.is_prepared():
     prepare(builder, manual_dir)
@@ -59,8 +61,11 @@ def load_splits(dataset: str, train_split: str, eval_split: str,
   if 'image' not in features or 'label' not in features:
     raise errors.DataError(f'--dataset={dataset} is not an image-classification dataset '
                            "(it needs 'image' and 'label' features).")
+  requested = [('train_split', train_split), ('eval_split', eval_split)]
+  if validation_split:
+    requested.append(('validation_split', validation_split))
   datasets, sizes = [], []
-  for flag, split in (('train_split', train_split), ('eval_split', eval_split)):
+  for flag, split in requested:
     try:
       ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
       size = int(ds.cardinality())  # TFDS knows it; mock data has no split info.
@@ -73,7 +78,9 @@ def load_splits(dataset: str, train_split: str, eval_split: str,
     sizes.append(size)
   return Splits(train=datasets[0], eval=datasets[1], num_train=sizes[0],
                 num_eval=sizes[1], num_classes=features['label'].num_classes,
-                image_shape=tuple(features['image'].shape))
+                image_shape=tuple(features['image'].shape),
+                validation=datasets[2] if validation_split else None,
+                num_validation=sizes[2] if validation_split else 0)
 
 
 def _builder(dataset: str, data_dir: Optional[str]):

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from mnist import config as config_lib
 from mnist import errors
 from mnist import model as model_lib
+from mnist import optim
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -55,10 +56,14 @@ def load_model(model_dir: str, config: config_lib.TrainConfig = None) -> keras.M
   config = config or read_config(model_dir)
   path = latest_checkpoint(model_dir)
   image_shape, num_classes = _feature_shapes(config)
-  model = model_lib.build_model(input_shape=image_shape, num_classes=num_classes,
-                                precision='float32', dropout_rate=config.dropout_rate)
+  model = model_lib.build_from_config(config, image_shape, num_classes, precision='float32')
+  # With EMA, the averages (what training evaluated) live in the optimizer.
+  optimizer = optim.make_optimizer(config, total_steps=1) if config.ema_momentum else None
+  if optimizer:
+    optimizer.build(model.trainable_variables)
   try:
-    status = tf.train.Checkpoint(model=model).restore(path)
+    objects = {'model': model, **({'optimizer': optimizer} if optimizer else {})}
+    status = tf.train.Checkpoint(**objects).restore(path)
     status.assert_existing_objects_matched()
     status.expect_partial()
   except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
@@ -69,6 +74,8 @@ def load_model(model_dir: str, config: config_lib.TrainConfig = None) -> keras.M
         f'The checkpoint {path} does not hold the weights of the model that '
         f'{os.path.join(model_dir, CONFIG_FILE)} describes (a different model, or a '
         f'damaged file?). Details: {detail}') from None
+  if optimizer:
+    optim.swap_ema(model, optimizer)
   return model
 
 

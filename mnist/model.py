@@ -4,25 +4,67 @@ import hashlib
 import keras
 
 
-def seed_cnn(num_classes: int, dtype=None, dropout_rate: float = 0.5) -> list:
-  """The seed document's CNN: two conv/pool blocks, a 128-unit layer, dropout, logits."""
-  return [
-      keras.layers.Conv2D(32, 3, activation='relu', dtype=dtype),
-      keras.layers.MaxPooling2D(2, dtype=dtype),
-      keras.layers.Conv2D(64, 3, activation='relu', dtype=dtype),
-      keras.layers.MaxPooling2D(2, dtype=dtype),
-      keras.layers.Flatten(dtype=dtype),
-      keras.layers.Dense(128, activation='relu', dtype=dtype),
-      keras.layers.Dropout(dropout_rate, dtype=dtype),
-      keras.layers.Dense(num_classes, dtype=dtype),
-  ]
+def _conv(filters, size, batch_norm, dtype, padding='valid'):
+  """Conv + ReLU; with batch_norm, Conv (no bias: BN has one) + BN + ReLU."""
+  if not batch_norm:
+    return [keras.layers.Conv2D(filters, size, padding=padding, activation='relu',
+                                dtype=dtype)]
+  return [keras.layers.Conv2D(filters, size, padding=padding, use_bias=False, dtype=dtype),
+          keras.layers.BatchNormalization(dtype=dtype),
+          keras.layers.ReLU(dtype=dtype)]
 
 
-MODELS = {'seed_cnn': seed_cnn}
+def _head(units, num_classes, dropout_rate, dtype):
+  return [keras.layers.Flatten(dtype=dtype),
+          keras.layers.Dense(units, activation='relu', dtype=dtype),
+          keras.layers.Dropout(dropout_rate, dtype=dtype),
+          keras.layers.Dense(num_classes, dtype=dtype)]
+
+
+def seed_cnn(num_classes, dtype=None, dropout_rate=0.5, batch_norm=False) -> list:
+  """The seed document's CNN: two conv/pool blocks, a 128-unit layer, dropout, logits.
+  About 15.4 MFLOP per training image."""
+  return (_conv(32, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
+          _conv(64, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
+          _head(128, num_classes, dropout_rate, dtype))
+
+
+def fast_cnn(num_classes, dtype=None, dropout_rate=0.0, batch_norm=False) -> list:
+  """A small CNN for time-to-99% (5x5 conv 24, 3x3 conv 32, fc 256): about half the
+  seed CNN's FLOPs, after a well-known one-epoch MNIST speed study."""
+  return (_conv(24, 5, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
+          _conv(32, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
+          _head(256, num_classes, dropout_rate, dtype))
+
+
+def wide_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True) -> list:
+  """Two double-conv blocks (32, 64) and a 256-unit layer: for the best single-model
+  accuracy with augmentation; about 4x the seed CNN's FLOPs."""
+  pool = lambda: [keras.layers.MaxPooling2D(2, dtype=dtype)]
+  return (_conv(32, 3, batch_norm, dtype) + _conv(32, 3, batch_norm, dtype) + pool() +
+          _conv(64, 3, batch_norm, dtype) + _conv(64, 3, batch_norm, dtype) + pool() +
+          _head(256, num_classes, dropout_rate, dtype))
+
+
+MODELS = {'seed_cnn': seed_cnn, 'fast_cnn': fast_cnn, 'wide_cnn': wide_cnn}
+
+
+def augmentation_layers(seed=None) -> list:
+  """Small random shifts (±2 px), rotations (±10°) and scales (±10%), MNIST-style.
+
+  Keras random layers act only when called with training=True, so evaluation,
+  export and prediction see the images unchanged. They run in float32 ahead of
+  the model's dtype policy, and their seed-generator states are checkpointed
+  (see rng_state_variables).
+  """
+  return [keras.layers.RandomTranslation(2 / 28, 2 / 28, fill_mode='constant', seed=seed),
+          keras.layers.RandomRotation(10 / 360, fill_mode='constant', seed=seed),
+          keras.layers.RandomZoom(0.1, fill_mode='constant', seed=seed)]
 
 
 def build_model(name: str = 'seed_cnn', input_shape=(28, 28, 1), num_classes: int = 10,
-                precision: str = 'float32', dropout_rate: float = 0.5) -> keras.Model:
+                precision: str = 'float32', dropout_rate: float = 0.5,
+                batch_norm: bool = False, augment: bool = False) -> keras.Model:
   """A built Keras model that maps float32 images in [0, 1] to logits.
 
   The dtype policy is passed to each layer rather than set globally, so two
@@ -32,10 +74,18 @@ def build_model(name: str = 'seed_cnn', input_shape=(28, 28, 1), num_classes: in
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r}; known: {", ".join(MODELS)}.')
   policy = keras.DTypePolicy(precision)
-  model = keras.Sequential([keras.Input(shape=input_shape)] +
-                           MODELS[name](num_classes, dtype=policy, dropout_rate=dropout_rate),
-                           name=name)
-  return model
+  layers = MODELS[name](num_classes, dtype=policy, dropout_rate=dropout_rate,
+                        batch_norm=batch_norm)
+  return keras.Sequential([keras.Input(shape=input_shape)] +
+                          (augmentation_layers() if augment else []) + layers, name=name)
+
+
+def build_from_config(config, input_shape, num_classes, precision=None) -> keras.Model:
+  """The model a TrainConfig describes (training, evaluation, export all use this)."""
+  return build_model(config.model, input_shape=input_shape, num_classes=num_classes,
+                     precision=precision or config.mixed_precision,
+                     dropout_rate=config.dropout_rate, batch_norm=config.batch_norm,
+                     augment=config.augment)
 
 
 def weights_sha256(model: keras.Model) -> str:

@@ -33,6 +33,17 @@ def start_run(config, model, strategy, splits, train_writer, eval_writer,
   return summaries
 
 
+def _stable_names(model) -> list:
+  """'02_conv2d/kernel' for each trainable variable: the layer's position and type.
+
+  Keras numbers layer names per process ('conv2d_7'), so variable paths would
+  give the same layer different tags in different runs.
+  """
+  return [f'{index:02d}_{type(layer).__name__.lower()}/{variable.name}'
+          for index, layer in enumerate(model.layers)
+          for variable in layer.trainable_variables]
+
+
 class RunSummaries:
   """Per-run TensorBoard state: writers, the extra tf.functions and the profiler."""
 
@@ -102,10 +113,10 @@ class RunSummaries:
     gradients = self._gradient_step(images, labels)
     variables = self._model.trainable_variables
     with self._train_writer.as_default(step=step):
-      for variable, gradient in zip(variables, gradients):
-        tf.summary.histogram(f'weights/{variable.path}', variable.value)
-        tf.summary.histogram(f'gradients/{variable.path}', gradient)
-        tf.summary.scalar(f'gradient_norm/{variable.path}', tf.norm(gradient))
+      for name, variable, gradient in zip(_stable_names(self._model), variables, gradients):
+        tf.summary.histogram(f'weights/{name}', variable.value)
+        tf.summary.histogram(f'gradients/{name}', gradient)
+        tf.summary.scalar(f'gradient_norm/{name}', tf.norm(gradient))
       tf.summary.scalar('gradient_norm/global', tf.linalg.global_norm(gradients))
     self._train_writer.flush()
 

@@ -23,6 +23,7 @@ from mnist import data
 from mnist import distribute
 from mnist import errors
 from mnist import model as model_lib
+from mnist import optim
 from mnist import summaries
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -46,15 +47,10 @@ def create_state(config: config_lib.TrainConfig, splits: data.Splits,
                  strategy: tf.distribute.Strategy) -> TrainState:
   """Builds model and optimizer under the strategy, so their variables are mirrored."""
   keras.utils.set_random_seed(config.seed)
+  total_steps = config.epochs * data.steps_per_epoch(splits.num_train, config.batch_size)
   with strategy.scope():
-    model = model_lib.build_model(input_shape=splits.image_shape,
-                                  num_classes=splits.num_classes,
-                                  precision=config.mixed_precision,
-                                  dropout_rate=config.dropout_rate)
-    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
-    if config.mixed_precision == 'mixed_float16':
-      # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
-      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model = model_lib.build_from_config(config, splits.image_shape, splits.num_classes)
+    optimizer = optim.make_optimizer(config, total_steps)
     # Keras 3 optimizers must be built inside the scope before strategy.run,
     # or the first step fails on an unfed 'cond/...' placeholder.
     optimizer.build(model.trainable_variables)
@@ -63,13 +59,19 @@ def create_state(config: config_lib.TrainConfig, splits: data.Splits,
                     epoch=tf.Variable(0, dtype=tf.int64, name='epoch'))
 
 
-def per_example_stats(logits, labels, weights=None):
+def per_example_stats(logits, labels, weights=None, label_smoothing=0.0):
   """(per-example float32 loss, [loss sum, correct, count]) for one replica's batch.
 
   `weights` (1 real, 0 padding) exclude the eval set's padding from every sum.
   """
   logits = tf.cast(logits, tf.float32)  # Loss and softmax in float32 under mixed precision.
-  losses = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+  if label_smoothing:
+    losses = tf.keras.losses.categorical_crossentropy(
+        tf.one_hot(labels, tf.shape(logits)[-1]), logits, from_logits=True,
+        label_smoothing=label_smoothing)
+  else:
+    losses = tf.keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                             from_logits=True)
   correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
                     tf.float32)
   if weights is None:
@@ -80,7 +82,7 @@ def per_example_stats(logits, labels, weights=None):
 
 def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
                      global_batch_size: int, jit_compile: bool = False,
-                     stop_on_nonfinite: bool = True):
+                     stop_on_nonfinite: bool = True, label_smoothing: float = 0.0):
   """Returns train_steps(iterator, num_steps) -> (summed [loss, correct, count] of the
   applied steps, batches consumed, non-finite steps skipped).
 
@@ -97,7 +99,7 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
   def replica_grads(images, labels):
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
-      losses, stats = per_example_stats(logits, labels)
+      losses, stats = per_example_stats(logits, labels, label_smoothing=label_smoothing)
       # Divide by the global batch, not the replica's: the optimizer sums the
       # replicas' gradients, so N replicas train exactly like one device.
       loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
@@ -234,7 +236,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   config_lib.check_divisible(config, strategy.num_replicas_in_sync)
   splits = datasets_override or data.load_splits(
       config.dataset, config.train_split, config.eval_split, config.data_dir,
-      config.tfds_manual_dir)
+      config.tfds_manual_dir, config.validation_split)
   steps_per_epoch = data.steps_per_epoch(splits.num_train, config.batch_size)
   if steps_per_epoch == 0:
     raise errors.ConfigError(f'--train_split={config.train_split} has {splits.num_train} '
@@ -242,6 +244,11 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   train_cached, eval_cached = splits.train.cache(), splits.eval.cache()
   eval_dataset = strategy.experimental_distribute_dataset(
       data.eval_pipeline(eval_cached, splits.num_eval, config.eval_batch_size))
+  epoch_eval_dataset, epoch_eval_split = eval_dataset, config.eval_split
+  if splits.validation:
+    epoch_eval_dataset = strategy.experimental_distribute_dataset(data.eval_pipeline(
+        splits.validation.cache(), splits.num_validation, config.eval_batch_size))
+    epoch_eval_split = config.validation_split
 
   with tf.io.gfile.GFile(os.path.join(config.model_dir, 'config.json'), 'w') as f:
     f.write(config.to_json())  # What scripts/evaluate, predict and export rebuild from.
@@ -251,9 +258,11 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
                                        max_to_keep=config.checkpoints_to_keep)
   _restore(state, manager)
   train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, 'train'))
-  eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, 'eval'))
+  eval_writer = tf.summary.create_file_writer(
+      os.path.join(config.model_dir, 'validation' if splits.validation else 'eval'))
   train_steps = make_train_steps(state, strategy, config.batch_size, config.jit_compile,
-                                 stop_on_nonfinite=config.nan_policy == 'stop')
+                                 stop_on_nonfinite=config.nan_policy == 'stop',
+                                 label_smoothing=config.label_smoothing)
   eval_step = make_eval_step(state.model, strategy)
   extras = summaries.start_run(config, state.model, strategy, splits, train_writer,
                                eval_writer, int(state.step))
@@ -265,7 +274,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   total_steps = config.epochs * steps_per_epoch
   start_time = time.perf_counter()
   train_seconds_in_steps, images_trained = 0.0, 0
-  eval_metrics = None
+  eval_metrics, eval_history = None, []
   # Step windows end at every log, checkpoint and epoch boundary.
   boundaries = [config.log_every_steps] + (
       [config.checkpoint_every_steps] if config.checkpoint_every_steps else [])
@@ -332,25 +341,35 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
           _save(manager, step)
 
       state.epoch.assign_add(1)
-      eval_metrics = evaluate(eval_step, eval_dataset)
+      with optim.ema_weights(state.model, state.optimizer):  # No-op without EMA.
+        eval_metrics = evaluate(eval_step, epoch_eval_dataset)
+        if config.epoch_summaries:
+          extras.on_eval(int(state.step), epoch_eval_dataset)  # Images: once per epoch.
+      eval_history.append({'epoch': int(state.epoch), 'step': int(state.step),
+                           'seconds': time.perf_counter() - start_time,
+                           'split': epoch_eval_split, **eval_metrics})
       _write_scalars(eval_writer, int(state.step),
                      {'loss': eval_metrics['loss'], 'accuracy': eval_metrics['accuracy']})
       path = _save(manager, int(state.step))
-      extras.on_eval(int(state.step), eval_dataset)  # Images: once per epoch.
-      extras.on_epoch_end(int(state.step))  # Histograms and gradient norms.
-      logging.info('epoch %d/%d  eval loss %.4f  accuracy %.4f on %d examples  saved %s',
-                   int(state.epoch), config.epochs, eval_metrics['loss'],
+      if config.epoch_summaries:
+        extras.on_epoch_end(int(state.step))  # Histograms and gradient norms.
+      logging.info('epoch %d/%d  %s loss %.4f  accuracy %.4f on %d examples  saved %s',
+                   int(state.epoch), config.epochs, epoch_eval_split, eval_metrics['loss'],
                    eval_metrics['accuracy'], eval_metrics['examples'], path)
       if stop_signals.received:
         raise errors.PreemptedError(f'Received {stop_signals.received}: saved {path}. '
                                     'Rerun the same command to resume.')
 
-  if eval_metrics is None:  # Nothing left to train: report the restored model.
-    eval_metrics = evaluate(eval_step, eval_dataset)
+  # The test split is reported, never used to choose: with a validation split it
+  # is scored only here, once.
+  test_metrics = eval_metrics if not splits.validation else None
+  if test_metrics is None:
+    with optim.ema_weights(state.model, state.optimizer):
+      test_metrics = evaluate(eval_step, eval_dataset)
   results = {
-      'test_accuracy': eval_metrics['accuracy'],
-      'test_loss': eval_metrics['loss'],
-      'test_examples': eval_metrics['examples'],
+      'test_accuracy': test_metrics['accuracy'],
+      'test_loss': test_metrics['loss'],
+      'test_examples': test_metrics['examples'],
       'global_step': int(state.step),
       'epochs_completed': int(state.epoch),
       'train_seconds': time.perf_counter() - start_time,
@@ -358,8 +377,13 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
                               if train_seconds_in_steps else None,
       'weights_sha256': model_lib.weights_sha256(state.model),
       'num_replicas': strategy.num_replicas_in_sync,
+      'eval_history': eval_history,  # This process's per-epoch evals, with seconds.
       'config': dataclasses.asdict(config),
   }
+  if splits.validation and eval_metrics:
+    results.update(validation_accuracy=eval_metrics['accuracy'],
+                   validation_loss=eval_metrics['loss'],
+                   validation_examples=eval_metrics['examples'])
   _write_json(os.path.join(config.model_dir, 'results.json'), results)
   extras.end_run(results)  # Test metrics into the HParams table; ends a trace.
   return results

@@ -37,3 +37,50 @@ def test_fingerprint_identifies_weights_not_layer_names():
 def test_unknown_model_is_rejected():
   with pytest.raises(ValueError, match='Unknown model'):
     model_lib.build_model('resnet_1000')
+
+
+@pytest.mark.parametrize('name', ['fast_cnn', 'wide_cnn'])
+def test_model_variants_map_images_to_logits(name):
+  model = model_lib.build_model(name, batch_norm=True)
+  assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
+  assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+def test_batch_norm_is_off_by_default_for_the_seed_cnn():
+  assert not any(isinstance(layer, keras.layers.BatchNormalization)
+                 for layer in model_lib.build_model().layers)
+
+
+def _digit_like_batch():
+  images = np.zeros((8, 28, 28, 1), np.float32)
+  images[:, 10:18, 12:16, 0] = 1.0  # A bar in the middle.
+  return images
+
+
+def test_augmentation_keeps_shape_dtype_and_moves_ink_only_a_little():
+  keras.utils.set_random_seed(0)
+  layers = model_lib.augmentation_layers()
+  images = _digit_like_batch()
+  augmented = images
+  for layer in layers:
+    augmented = layer(augmented, training=True)
+  augmented = keras.ops.convert_to_numpy(augmented)
+  assert augmented.shape == images.shape and augmented.dtype == np.float32
+  assert not np.allclose(augmented, images)  # It does something...
+  rows, cols = np.indices((28, 28))
+  for image in augmented[..., 0]:  # ...but the ink stays near where it was: labels hold.
+    mass = image.sum()
+    assert mass > 0
+    center = ((rows * image).sum() / mass, (cols * image).sum() / mass)
+    assert abs(center[0] - 13.5) < 4 and abs(center[1] - 13.5) < 4
+
+
+def test_augmentation_is_off_at_evaluation():
+  keras.utils.set_random_seed(0)
+  plain = model_lib.build_model(augment=False, dropout_rate=0.0)
+  augmented = model_lib.build_model(augment=True, dropout_rate=0.0)
+  augmented.set_weights(plain.get_weights())
+  images = _digit_like_batch()
+  np.testing.assert_array_equal(augmented(images, training=False),
+                                plain(images, training=False))
+  assert not np.allclose(augmented(images, training=True), plain(images, training=True))

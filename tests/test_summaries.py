@@ -67,16 +67,16 @@ def test_each_epoch_writes_weight_and_gradient_histograms_and_norms(trained):
   _, model_dir, _ = trained
   tensors = _tensors(os.path.join(model_dir, 'train'))
   histograms = {tag for tag, (plugin, _) in tensors.items() if plugin == 'histograms'}
-  for layer in ('conv2d', 'conv2d_1', 'dense', 'dense_1'):
+  # Tags name each layer by position and type, the same in every process.
+  for layer in ('00_conv2d', '02_conv2d', '05_dense', '07_dense'):
     for kind in ('kernel', 'bias'):
-      assert {f'weights/seed_cnn/{layer}/{kind}',
-              f'gradients/seed_cnn/{layer}/{kind}'} <= histograms
-      assert tensors[f'gradient_norm/seed_cnn/{layer}/{kind}'][0] == 'scalars'
+      assert {f'weights/{layer}/{kind}', f'gradients/{layer}/{kind}'} <= histograms
+      assert tensors[f'gradient_norm/{layer}/{kind}'][0] == 'scalars'
   plugin, norms = tensors['gradient_norm/global']
   assert plugin == 'scalars' and [step for step, _ in norms] == [16, 32]
   assert all(np.isfinite(value) and value > 0 for _, value in norms)
   # Only the epoch ends, not every step, pay for histograms.
-  assert len(tensors['weights/seed_cnn/dense/kernel'][1]) == 2
+  assert len(tensors['weights/05_dense/kernel'][1]) == 2
 
 
 def test_run_writes_its_config_as_hparams_and_the_test_metrics(trained):
@@ -199,10 +199,10 @@ def test_real_tensorboard_serves_scalars_images_histograms_hparams_and_profile(
     png = server.get('/data/plugin/images/individualImage?' + images[-1]['query'], raw=True)
     assert png.startswith(b'\x89PNG')
 
-    assert {'weights/seed_cnn/dense/kernel', 'gradients/seed_cnn/dense/kernel'} <= set(
+    assert {'weights/05_dense/kernel', 'gradients/05_dense/kernel'} <= set(
         server.get('/data/plugin/histograms/tags')['run/train'])
     histogram = server.get('/data/plugin/histograms/histograms?' + parse.urlencode(
-        {'run': 'run/train', 'tag': 'weights/seed_cnn/dense/kernel'}))
+        {'run': 'run/train', 'tag': 'weights/05_dense/kernel'}))
     assert [step for _, step, _ in histogram] == [16, 32]
 
     experiment = server.get('/data/plugin/hparams/experiment', {'experimentName': ''})

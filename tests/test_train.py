@@ -1,4 +1,5 @@
 """The training loop on injected data and strategies: results, resume, replicas, precision."""
+import dataclasses
 import json
 import os
 
@@ -10,7 +11,9 @@ from tensorboard.backend.event_processing import event_accumulator
 from mnist import config as config_lib
 from mnist import data
 from mnist import errors
+from mnist import inference
 from mnist import model as model_lib
+from mnist import optim
 from mnist import train
 
 from conftest import synthetic_splits
@@ -150,3 +153,56 @@ def test_fingerprint_in_results_is_the_final_model(tmp_path, splits):
       tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
   ).expect_partial()
   assert model_lib.weights_sha256(state.model) == results['weights_sha256']
+
+
+def _with_validation(splits):
+  """The toy splits plus a validation split carved from other toy training data."""
+  extra = synthetic_splits(num_train=200, seed=5)
+  return dataclasses.replace(splits, validation=extra.train, num_validation=200)
+
+
+def test_validation_split_is_evaluated_each_epoch_and_test_only_at_the_end(tmp_path, splits):
+  config = _config(tmp_path, epochs=2, validation_split='train[55000:]')
+  results = train.run(config, datasets_override=_with_validation(splits))
+  assert [e['split'] for e in results['eval_history']] == ['train[55000:]'] * 2
+  assert [e['examples'] for e in results['eval_history']] == [200, 200]
+  assert results['validation_examples'] == 200 and results['test_examples'] == 300
+  assert results['validation_accuracy'] == results['eval_history'][-1]['accuracy']
+  validation_scalars = _scalar_tags(os.path.join(config.model_dir, 'validation'))
+  assert len(validation_scalars['accuracy']) == 2
+  assert not os.path.exists(os.path.join(config.model_dir, 'eval'))
+
+
+def test_eval_uses_the_weight_averages_when_ema_is_on(tmp_path, splits):
+  config = _config(tmp_path, epochs=1, ema_momentum=0.9)
+  results = train.run(config, datasets_override=splits)
+  # Rebuild from the checkpoint: raw weights vs their averages.
+  state = train.create_state(config, splits, tf.distribute.get_strategy())
+  state.checkpoint().restore(
+      tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
+  ).assert_consumed()
+  eval_step = train.make_eval_step(state.model, tf.distribute.get_strategy())
+  dataset = data.eval_pipeline(splits.eval, splits.num_eval, config.eval_batch_size)
+  raw = train.evaluate(eval_step, dataset)
+  with optim.ema_weights(state.model, state.optimizer):
+    averaged = train.evaluate(eval_step, dataset)
+  assert results['test_loss'] == pytest.approx(averaged['loss'], rel=1e-6)
+  assert raw['loss'] != pytest.approx(averaged['loss'], rel=1e-6)
+  # And what scripts/evaluate, predict and export load is the averaged model too.
+  loaded = inference.load_model(config.model_dir)
+  for a, b in zip(loaded.trainable_variables, state.model.trainable_variables):
+    assert not np.array_equal(a.numpy(), b.numpy()) or a.shape == ()
+  with optim.ema_weights(state.model, state.optimizer):
+    for a, b in zip(loaded.trainable_variables, state.model.trainable_variables):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_label_smoothing_matches_its_definition():
+  logits = tf.constant([[4.0, 1.0, -2.0]])
+  labels = tf.constant([0])
+  smoothed, _ = train.per_example_stats(logits, labels, label_smoothing=0.3)
+  log_p = tf.nn.log_softmax(logits).numpy()[0]
+  target = np.array([0.7 + 0.1, 0.1, 0.1])  # (1 - 0.3) one-hot + 0.3 / 3 classes.
+  assert float(smoothed[0]) == pytest.approx(-(target * log_p).sum(), rel=1e-5)
+  plain, _ = train.per_example_stats(logits, labels)
+  assert float(plain[0]) == pytest.approx(-log_p[0], rel=1e-5)

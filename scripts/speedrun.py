@@ -1,0 +1,65 @@
+"""Runs a recipe over several seeds and reports accuracy and time, per seed and overall.
+
+  python scripts/speedrun.py --flagfile=configs/fast.flags --seeds=5 \
+      --baseline_flagfile=configs/seed.flags
+
+The recipe is every training flag given (a flagfile, plus any overrides after it);
+it is validated first, then each seed trains in a fresh process
+(`scripts/train.py ... --seed=S`). Training seconds run from the first step to the
+end of the final eval, tracing included and TFDS preparation excluded; process
+seconds are the whole process. With --baseline_flagfile, that recipe runs once
+(seed 0) in the same invocation, and the ratio of its time to --target_accuracy
+over the recipe's mean training seconds is printed.
+"""
+import json
+import tempfile
+
+from absl import flags
+
+from mnist import cli
+from mnist import speedrun
+
+cli.define_train_flags()
+flags.DEFINE_integer('seeds', 5, 'How many seeds (0 .. N-1).', lower_bound=1)
+flags.DEFINE_string('baseline_flagfile', None,
+                    'Also run this recipe once (seed 0) and compare times to the target.')
+flags.DEFINE_float('target_accuracy', 0.99, 'Accuracy whose time to reach is compared.')
+flags.DEFINE_string('workdir', None, 'Where the runs write (default: a new temp dir).')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  recipe = cli.config_to_flags(cli.train_config_from_flags())  # Validated up front.
+  workdir = FLAGS.workdir or tempfile.mkdtemp(prefix='speedrun_')
+  print(f'speedrun: {FLAGS.seeds} seeds of {" ".join(recipe)}; workdir {workdir}',
+        flush=True)
+  runs = []
+  for seed in range(FLAGS.seeds):
+    run = speedrun.run_seed('recipe', recipe, seed, workdir, FLAGS.target_accuracy)
+    print(f'seed {seed}: test accuracy {run.test_accuracy:.4f}  train {run.train_seconds:.1f}s'
+          f'  process {run.process_seconds:.1f}s', flush=True)
+    runs.append(run)
+  report = {'recipe': recipe, **speedrun.summary(runs)}
+  print(f'recipe: test accuracy mean {report["test_accuracy_mean"]:.4f}  min '
+        f'{report["test_accuracy_min"]:.4f}  train seconds mean '
+        f'{report["train_seconds_mean"]:.1f}  max {report["train_seconds_max"]:.1f}  '
+        f'process seconds mean {report["process_seconds_mean"]:.1f}', flush=True)
+  if FLAGS.baseline_flagfile:
+    base = speedrun.run_seed('baseline', [f'--flagfile={FLAGS.baseline_flagfile}'], 0,
+                             workdir, FLAGS.target_accuracy)
+    report['baseline'] = {'flagfile': FLAGS.baseline_flagfile, **base.__dict__}
+    if base.seconds_to_target is None:
+      print(f'baseline {FLAGS.baseline_flagfile}: never reached {FLAGS.target_accuracy} '
+            f'(final {base.test_accuracy:.4f} after {base.train_seconds:.1f}s)')
+    else:
+      ratio = base.seconds_to_target / report['train_seconds_mean']
+      report['baseline_seconds_to_target_over_recipe_train_seconds'] = ratio
+      print(f'baseline {FLAGS.baseline_flagfile}: reached {FLAGS.target_accuracy} after '
+            f'{base.seconds_to_target:.1f}s of training (final {base.test_accuracy:.4f}); '
+            f'the recipe trains {ratio:.1f}x faster')
+  print(json.dumps(report))
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,51 @@
+"""scripts/speedrun.py: recipes over seeds, with the baseline's time to target."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mnist import speedrun
+
+from conftest import REPO
+
+
+def test_seconds_to_target_is_the_first_eval_reaching_it():
+  history = [{'accuracy': 0.97, 'seconds': 10.0}, {'accuracy': 0.991, 'seconds': 20.0},
+             {'accuracy': 0.989, 'seconds': 30.0}, {'accuracy': 0.995, 'seconds': 40.0}]
+  assert speedrun.seconds_to(history, 0.99) == 20.0
+  assert speedrun.seconds_to(history, 0.999) is None
+
+
+def test_summary_gives_mean_and_min():
+  runs = [speedrun.SeedRun(0, 0.990, 10.0, 15.0, 9.0),
+          speedrun.SeedRun(1, 0.992, 12.0, 17.0, 11.0)]
+  report = speedrun.summary(runs)
+  assert report['test_accuracy_mean'] == pytest.approx(0.991)
+  assert report['test_accuracy_min'] == 0.990
+  assert report['train_seconds_mean'] == 11.0 and report['train_seconds_max'] == 12.0
+  assert report['process_seconds_mean'] == 16.0
+
+
+@pytest.mark.real_data
+def test_speedrun_script_runs_seeds_and_the_baseline(tmp_path, manual_dir):
+  baseline = tmp_path / 'tiny_seed.flags'
+  baseline.write_text(f'--flagfile={os.path.join(REPO, "configs", "seed.flags")}\n'
+                      "--train_split=train[:1280]\n--epochs=2\n")
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', 'speedrun.py'),
+       f'--flagfile={os.path.join(REPO, "configs", "fast.flags")}',
+       "--train_split=train[:2560]", '--seeds=2', f'--baseline_flagfile={baseline}',
+       '--target_accuracy=0.5', f'--workdir={tmp_path / "work"}',
+       f'--tfds_manual_dir={manual_dir}'],
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['seeds'] == [0, 1]
+  assert '--model=fast_cnn' in report['recipe']
+  assert '--train_split=train[:2560]' in report['recipe']
+  assert all(run['test_accuracy'] > 0.5 for run in report['runs'])
+  assert report['baseline']['seconds_to_target'] is not None
+  assert report['baseline_seconds_to_target_over_recipe_train_seconds'] > 0
+  assert 'seed 1: test accuracy' in result.stdout
