@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 
 from mnist import benchmark_config
+from mnist import cluster
 from mnist import config as config_lib
 from mnist import errors
 from mnist import runtime
@@ -71,10 +72,27 @@ def define_train_flags():
   flags.DEFINE_integer('seed', d.seed, 'Seed for weights, dropout and the shuffle order.')
   flags.DEFINE_string('strategy', d.strategy,
                       'tf.distribute strategy: ' + ', '.join(config_lib.STRATEGIES) +
-                      '. mirrored uses all local GPUs, or --cpu_devices logical CPUs.')
+                      '. mirrored uses all local GPUs, or --cpu_devices logical CPUs; '
+                      'multi_worker: MultiWorkerMirroredStrategy over the cluster in '
+                      f'${cluster.TF_CONFIG_ENV}; tpu: TPUStrategy (untested here).')
   flags.DEFINE_integer('cpu_devices', d.cpu_devices,
                        'Split the CPU into this many logical devices (for '
                        '--strategy=mirrored on a machine without GPUs).')
+  flags.DEFINE_string('collective_communication', d.collective_communication,
+                      'multi_worker all-reduce implementation: ' +
+                      ', '.join(config_lib.COLLECTIVE_COMMUNICATIONS) +
+                      ' (nccl needs GPUs; auto lets TensorFlow choose).')
+  flags.DEFINE_float('collective_timeout_seconds', d.collective_timeout_seconds,
+                     'multi_worker: a collective op that takes longer fails the run '
+                     '(catches a worker that is alive but stuck). 0: no limit. Costs a '
+                     'thread per collective.')
+  flags.DEFINE_integer('worker_heartbeat_timeout_seconds',
+                       d.worker_heartbeat_timeout_seconds,
+                       'multi_worker: a worker that sends no heartbeat for this long is '
+                       'declared lost and the others stop (exit 75).')
+  flags.DEFINE_integer('worker_startup_timeout_seconds', d.worker_startup_timeout_seconds,
+                       'multi_worker: every worker in $TF_CONFIG must connect within this '
+                       'long of the first, or all fail.')
   flags.DEFINE_bool('jit_compile', d.jit_compile, 'Compile the train step with XLA.')
   flags.DEFINE_string('mixed_precision', d.mixed_precision,
                       'Keras dtype policy: ' + ', '.join(config_lib.PRECISIONS) + '.')
@@ -190,7 +208,10 @@ def train_config_from_flags() -> config_lib.TrainConfig:
             for field in config_lib.TrainConfig.__dataclass_fields__ if field in FLAGS}
   if not values.get('tfds_manual_dir'):
     values['tfds_manual_dir'] = os.environ.get(MANUAL_DIR_ENV) or None
-  return config_lib.TrainConfig(**values).validate()
+  config = config_lib.TrainConfig(**values).validate()
+  if config.strategy == 'multi_worker':  # A missing or malformed cluster fails now too.
+    cluster.parse_tf_config(os.environ.get(cluster.TF_CONFIG_ENV))
+  return config
 
 
 def run_config_from_flags(config: config_lib.TrainConfig) -> config_lib.TrainConfig:

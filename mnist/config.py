@@ -8,7 +8,9 @@ from typing import Optional
 
 from mnist import errors
 
-STRATEGIES = ('default', 'one_device', 'mirrored')
+STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker', 'tpu')
+# tf.distribute.experimental.CommunicationImplementation, for --strategy=multi_worker.
+COLLECTIVE_COMMUNICATIONS = ('auto', 'ring', 'nccl')
 PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')
 NAN_POLICIES = ('stop', 'skip_step')
 MODELS = ('seed_cnn', 'fast_cnn', 'wide_cnn')  # mnist/model.py builds them.
@@ -44,6 +46,11 @@ class TrainConfig:
   seed: int = 0
   strategy: str = 'default'
   cpu_devices: int = 1
+  # --strategy=multi_worker only (the cluster itself comes from $TF_CONFIG).
+  collective_communication: str = 'auto'
+  collective_timeout_seconds: float = 0.0  # 0: a collective may wait forever.
+  worker_heartbeat_timeout_seconds: int = 30  # A silent worker is lost after this.
+  worker_startup_timeout_seconds: int = 600  # All workers must connect within this.
   jit_compile: bool = False
   mixed_precision: str = 'float32'
   log_every_steps: int = 100
@@ -110,6 +117,19 @@ class TrainConfig:
     check(self.cpu_devices >= 1, f'--cpu_devices must be >= 1, got {self.cpu_devices}.')
     check(self.cpu_devices == 1 or self.strategy == 'mirrored',
           f'--cpu_devices={self.cpu_devices} only makes sense with --strategy=mirrored.')
+    check(self.collective_communication in COLLECTIVE_COMMUNICATIONS,
+          '--collective_communication must be one of '
+          f'{", ".join(COLLECTIVE_COMMUNICATIONS)}; got {self.collective_communication!r}.')
+    check(self.collective_timeout_seconds >= 0,
+          f'--collective_timeout_seconds must be >= 0 (0: none), '
+          f'got {self.collective_timeout_seconds}.')
+    for name in ('worker_heartbeat_timeout_seconds', 'worker_startup_timeout_seconds'):
+      check(getattr(self, name) > 0, f'--{name} must be > 0, got {getattr(self, name)}.')
+    if self.strategy != 'multi_worker':
+      changed = [f'--{name}' for name in _MULTI_WORKER_FIELDS
+                 if getattr(self, name) != getattr(TrainConfig, name)]
+      check(not changed, f'{", ".join(changed)}: only for --strategy=multi_worker, '
+            f'not --strategy={self.strategy}.')
     check(self.log_every_steps > 0,
           f'--log_every_steps must be > 0, got {self.log_every_steps}.')
     check(self.steps_per_loop > 0,
@@ -133,6 +153,10 @@ class TrainConfig:
     if problems:
       raise errors.ConfigError(' '.join(problems))
     return self
+
+
+_MULTI_WORKER_FIELDS = ('collective_communication', 'collective_timeout_seconds',
+                        'worker_heartbeat_timeout_seconds', 'worker_startup_timeout_seconds')
 
 
 def check_divisible(config: TrainConfig, num_replicas: int, problems=None):

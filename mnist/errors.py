@@ -34,3 +34,9 @@ class TrainingDivergedError(Error):
 class PreemptedError(Error):
   """SIGTERM or SIGINT: a checkpoint was saved; rerun the same command to resume."""
   exit_code = 75  # EX_TEMPFAIL: try again.
+
+
+class WorkerLostError(Error):
+  """Another worker of a multi-worker run died or stopped answering; rerunning every
+  worker resumes from the last checkpoint."""
+  exit_code = 75  # EX_TEMPFAIL, as for preemption: the same command resumes.

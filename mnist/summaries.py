@@ -14,6 +14,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hp
 
 from mnist import data
+from mnist import distribute
 from mnist import plots
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -51,17 +52,21 @@ class RunSummaries:
     self._model, self._strategy = model, strategy
     self._num_classes = splits.num_classes
     self._train_writer, self._eval_writer = train_writer, eval_writer
+    # Multi-worker: every worker runs the collective steps below, only the chief
+    # writes (the train loop gives the others no-op writers too) or profiles.
+    self._chief = distribute.is_chief(strategy)
     # The run's own directory holds HParams and test metrics: TensorBoard makes
     # each run directory one row (a "session") of the HParams table.
-    self._run_writer = tf.summary.create_file_writer(config.model_dir)
+    self._run_writer = (tf.summary.create_file_writer(config.model_dir) if self._chief
+                        else tf.summary.create_noop_writer())
     self._model_dir = config.model_dir
-    self._profile_range = config.profile_step_range()
+    self._profile_range = config.profile_step_range() if self._chief else None
     self._profiling = False
     self._predict_step = _make_predict_step(model, strategy, splits.num_classes)
     self._gradient_step = _make_gradient_step(model, strategy, config.batch_size)
     # A fixed batch, so gradient norms from different epochs are comparable.
     probe = splits.train.take(config.batch_size).cache().batch(config.batch_size)
-    self._probe_batch = strategy.experimental_distribute_dataset(probe.map(data.normalize))
+    self._probe_batch = distribute.distribute_dataset(strategy, probe.map(data.normalize))
 
   def write_hparams(self, config):
     values = {name: '' if value is None else value
@@ -93,8 +98,14 @@ class RunSummaries:
       self._stop_profiler()
 
   def on_eval(self, step: int, eval_dataset):
-    """Confusion matrix and misclassified digits of one pass over the eval set."""
+    """Confusion matrix and misclassified digits of one pass over the eval set.
+
+    Multi-worker: the matrix counts every worker's examples; the misclassified
+    digits are those of the chief's replicas.
+    """
     matrix, images, labels, predictions = self._predict(eval_dataset)
+    if not self._chief:
+      return  # It ran the collective steps; there is nothing to draw.
     with self._eval_writer.as_default(step=step):
       tf.summary.image('confusion_matrix',
                        _png_batch(plots.confusion_matrix_figure(matrix)))
@@ -111,6 +122,8 @@ class RunSummaries:
     """Weight and gradient histograms, and gradient norms on the fixed batch."""
     images, labels = next(iter(self._probe_batch))
     gradients = self._gradient_step(images, labels)
+    if not self._chief:
+      return
     variables = self._model.trainable_variables
     with self._train_writer.as_default(step=step):
       for name, variable, gradient in zip(_stable_names(self._model), variables, gradients):
@@ -181,8 +194,10 @@ def _make_gradient_step(model, strategy, global_batch_size):
                                                                  from_logits=True)
         loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
       return tape.gradient(loss, model.trainable_variables)
-    return strategy.reduce(SUM, strategy.run(replica_step, args=(images, labels)),
-                           axis=None)
+    # One reduce per gradient: MultiWorkerMirroredStrategy's reduce packs a list
+    # into one tensor, which fails for tensors of different shapes.
+    return [strategy.reduce(SUM, gradient, axis=None)
+            for gradient in strategy.run(replica_step, args=(images, labels))]
   return gradient_step
 
 

@@ -6,10 +6,12 @@ tests inject data and strategies through the overrides and download nothing.
 """
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
 import signal
+import tempfile
 import threading
 import time
 from typing import Optional
@@ -191,9 +193,22 @@ class _StopSignals:
   """Turns SIGTERM/SIGINT into a flag the loop checks at each step boundary, so a
   preempted run saves a consistent checkpoint instead of dying mid-write."""
 
-  def __init__(self):
+  def __init__(self, any_worker=None):
     self.received = None
     self._previous = {}
+    # Multi-worker: a worker stopping alone would leave the others waiting in the
+    # next collective, so all stop at the same step boundary or none does.
+    self._any_worker = any_worker
+
+  def should_stop(self) -> bool:
+    """Whether to checkpoint and stop now; one tiny all-reduce under multi-worker."""
+    if self._any_worker is None:
+      return self.received is not None
+    return self._any_worker(self.received is not None)
+
+  def describe(self) -> str:
+    return (f'Received {self.received}' if self.received
+            else 'Another worker received SIGTERM or SIGINT')
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -210,17 +225,73 @@ class _StopSignals:
       signal.signal(sig, handler)
 
 
-def _save(manager: tf.train.CheckpointManager, step: int) -> str:
+class _ChiefCheckpointManager:
+  """A CheckpointManager of model_dir/checkpoints that only the chief writes to.
+
+  Under MultiWorkerMirroredStrategy saving is collective, so every worker must
+  save; the others write to a temporary directory and delete it (TensorFlow's
+  multi-worker custom-loop pattern), and restore from the chief's directory,
+  which must therefore be shared storage on real hosts.
+  """
+
+  def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int,
+               chief: bool = True, multi_worker: bool = False):
+    self.directory, self.multi_worker, self._chief = directory, multi_worker, chief
+    self._checkpoint = checkpoint
+    self._manager = (tf.train.CheckpointManager(checkpoint, directory, max_to_keep)
+                     if chief else None)
+
+  @property
+  def latest_checkpoint(self) -> Optional[str]:
+    if self._chief:
+      return self._manager.latest_checkpoint
+    return tf.train.latest_checkpoint(self.directory)
+
+  def save(self, checkpoint_number: int) -> str:
+    if self._chief:
+      return self._manager.save(checkpoint_number=checkpoint_number)
+    write_dir = tempfile.mkdtemp(prefix='mnist_worker_checkpoint_')
+    try:
+      path = tf.train.CheckpointManager(self._checkpoint, write_dir, max_to_keep=1).save(
+          checkpoint_number=checkpoint_number)
+    finally:
+      tf.io.gfile.rmtree(write_dir)
+    return os.path.join(self.directory, os.path.basename(path))  # The chief's copy.
+
+
+def _save(manager: _ChiefCheckpointManager, step: int) -> str:
   """Saves; on failure (disk full, ...) the previous checkpoint is still the latest."""
   try:
     return manager.save(checkpoint_number=step)
   except (OSError, tf.errors.OpError) as e:
+    if manager.multi_worker and isinstance(e, distribute.PEER_FAILURES):
+      raise  # A lost worker, not a full disk: run() reports it as such.
     raise errors.CheckpointError(
         f'Could not write the checkpoint for step {step} in {manager.directory} (disk '
         f'full?): {str(e).splitlines()[0][:200]}. The previous checkpoint '
         f'{manager.latest_checkpoint} is intact; free space and rerun to resume.') from None
 
 
+def _report_lost_workers(run_fn):
+  """Multi-worker: a collective that fails because another worker died or went
+  silent becomes a WorkerLostError (exit 75) naming it and the checkpoint to resume."""
+  @functools.wraps(run_fn)
+  def wrapper(config, datasets_override=None, strategy_override=None):
+    try:
+      return run_fn(config, datasets_override, strategy_override)
+    except distribute.PEER_FAILURES as e:
+      if not (config.strategy == 'multi_worker' or isinstance(
+          strategy_override, tf.distribute.MultiWorkerMirroredStrategy)):
+        raise
+      latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
+      raise errors.WorkerLostError(
+          f'Lost contact with another worker ({distribute.describe_peer_failure(e)}). The '
+          f'last checkpoint is {latest}; restart every worker with the same command to '
+          'resume from it.') from None
+  return wrapper
+
+
+@_report_lost_workers
 def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits] = None,
         strategy_override: Optional[tf.distribute.Strategy] = None) -> dict:
   """Trains (or resumes) to config.epochs, evaluating each epoch; returns results.json."""
@@ -231,8 +302,13 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
     tf.config.experimental.enable_op_determinism()
 
   # Set-up: strategy, data, state, checkpoints, summaries.
-  strategy = strategy_override or distribute.make_strategy(config.strategy,
-                                                           config.cpu_devices)
+  strategy = strategy_override or distribute.strategy_from_config(config)
+  # Multi-worker: only the chief writes checkpoints, summaries, config and results.
+  chief, multi_worker = distribute.is_chief(strategy), distribute.num_workers(strategy) > 1
+  if multi_worker:
+    logging.info('This is %s of %d workers%s.', distribute.task_name(strategy),
+                 distribute.num_workers(strategy),
+                 ', the chief' if chief else '; the chief writes checkpoints and summaries')
   config_lib.check_divisible(config, strategy.num_replicas_in_sync)
   splits = datasets_override or data.load_splits(
       config.dataset, config.train_split, config.eval_split, config.data_dir,
@@ -242,23 +318,26 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
     raise errors.ConfigError(f'--train_split={config.train_split} has {splits.num_train} '
                              f'examples, fewer than one --batch_size={config.batch_size}.')
   train_cached, eval_cached = splits.train.cache(), splits.eval.cache()
-  eval_dataset = strategy.experimental_distribute_dataset(
-      data.eval_pipeline(eval_cached, splits.num_eval, config.eval_batch_size))
+  eval_dataset = distribute.distribute_dataset(strategy, data.eval_pipeline(
+      eval_cached, splits.num_eval, config.eval_batch_size))
   epoch_eval_dataset, epoch_eval_split = eval_dataset, config.eval_split
   if splits.validation:
-    epoch_eval_dataset = strategy.experimental_distribute_dataset(data.eval_pipeline(
+    epoch_eval_dataset = distribute.distribute_dataset(strategy, data.eval_pipeline(
         splits.validation.cache(), splits.num_validation, config.eval_batch_size))
     epoch_eval_split = config.validation_split
 
-  with tf.io.gfile.GFile(os.path.join(config.model_dir, 'config.json'), 'w') as f:
-    f.write(config.to_json())  # What scripts/evaluate, predict and export rebuild from.
+  if chief:
+    with tf.io.gfile.GFile(os.path.join(config.model_dir, 'config.json'), 'w') as f:
+      f.write(config.to_json())  # What scripts/evaluate, predict and export rebuild from.
   state = create_state(config, splits, strategy)
-  manager = tf.train.CheckpointManager(state.checkpoint(),
-                                       os.path.join(config.model_dir, 'checkpoints'),
-                                       max_to_keep=config.checkpoints_to_keep)
+  manager = _ChiefCheckpointManager(state.checkpoint(),
+                                    os.path.join(config.model_dir, 'checkpoints'),
+                                    config.checkpoints_to_keep, chief, multi_worker)
   _restore(state, manager)
-  train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, 'train'))
-  eval_writer = tf.summary.create_file_writer(
+  writer = (tf.summary.create_file_writer if chief
+            else lambda logdir: tf.summary.create_noop_writer())
+  train_writer = writer(os.path.join(config.model_dir, 'train'))
+  eval_writer = writer(
       os.path.join(config.model_dir, 'validation' if splits.validation else 'eval'))
   train_steps = make_train_steps(state, strategy, config.batch_size, config.jit_compile,
                                  stop_on_nonfinite=config.nan_policy == 'stop',
@@ -279,13 +358,14 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   boundaries = [config.log_every_steps] + (
       [config.checkpoint_every_steps] if config.checkpoint_every_steps else [])
 
-  with _StopSignals() as stop_signals, contextlib.closing(train_writer), \
+  any_worker = distribute.make_any_worker(strategy) if multi_worker else None
+  with _StopSignals(any_worker) as stop_signals, contextlib.closing(train_writer), \
        contextlib.closing(eval_writer):  # Closed files even on error (an unmountable disk).
     # The loop: epochs of step windows; eval and a checkpoint at each epoch end.
     while int(state.epoch) < config.epochs:
       epoch = int(state.epoch)
       done_in_epoch = int(state.step) - epoch * steps_per_epoch
-      iterator = iter(strategy.experimental_distribute_dataset(data.train_pipeline(
+      iterator = iter(distribute.distribute_dataset(strategy, data.train_pipeline(
           train_cached, splits.num_train, config.batch_size, config.seed, epoch,
           skip_batches=done_in_epoch)))
       window_totals, window_skipped = tf.zeros([3]), 0
@@ -330,11 +410,11 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
           _write_scalars(train_writer, step, scalars)
           window_totals, window_skipped = tf.zeros([3]), 0
           window_start = time.perf_counter()
-        if stop_signals.received:
+        if stop_signals.should_stop():
           _save(manager, step)
           train_writer.flush()
           raise errors.PreemptedError(
-              f'Received {stop_signals.received} at step {step}: saved '
+              f'{stop_signals.describe()} at step {step}: saved '
               f'{manager.latest_checkpoint}. Rerun the same command to resume.')
         if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
             and done_in_epoch < steps_per_epoch):  # The epoch end saves after eval.
@@ -356,8 +436,8 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
       logging.info('epoch %d/%d  %s loss %.4f  accuracy %.4f on %d examples  saved %s',
                    int(state.epoch), config.epochs, epoch_eval_split, eval_metrics['loss'],
                    eval_metrics['accuracy'], eval_metrics['examples'], path)
-      if stop_signals.received:
-        raise errors.PreemptedError(f'Received {stop_signals.received}: saved {path}. '
+      if stop_signals.should_stop():
+        raise errors.PreemptedError(f'{stop_signals.describe()}: saved {path}. '
                                     'Rerun the same command to resume.')
 
   # The test split is reported, never used to choose: with a validation split it
@@ -384,7 +464,8 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
     results.update(validation_accuracy=eval_metrics['accuracy'],
                    validation_loss=eval_metrics['loss'],
                    validation_examples=eval_metrics['examples'])
-  _write_json(os.path.join(config.model_dir, 'results.json'), results)
+  if chief:
+    _write_json(os.path.join(config.model_dir, 'results.json'), results)
   extras.end_run(results)  # Test metrics into the HParams table; ends a trace.
   return results
 
