@@ -3,6 +3,7 @@
 Each class carries its own exit status so a caller (a shell loop, a launcher, CI)
 can tell a bad input from a diverged run without parsing text.
 """
+import re
 
 
 class Error(Exception):
@@ -40,3 +41,10 @@ class WorkerLostError(Error):
   """Another worker of a multi-worker run died or stopped answering; rerunning every
   worker resumes from the last checkpoint."""
   exit_code = 75  # EX_TEMPFAIL, as for preemption: the same command resumes.
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+  """The readable first line of an exception: TensorFlow's '{{function_node ...}}'
+  prefixes and '[Op:...]' suffixes dropped, or the type's name if nothing is left."""
+  text = re.sub(r'\{\{.*?\}\}\s*|\s*\[Op:\w+\]', '', str(error)).strip()
+  return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -2,7 +2,6 @@
 checkpoint's weights, or an exported SavedModel; both map uint8 images to probabilities.
 """
 import os
-import re
 
 import keras
 import numpy as np
@@ -68,12 +67,10 @@ def load_model(model_dir: str, config: config_lib.TrainConfig = None) -> keras.M
     status.expect_partial()
   except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
     # IndexError: a truncated file ("Read less bytes than requested").
-    detail = re.sub(r'\{\{.*?\}\}\s*|\s*\[Op:\w+\]', '', str(e)).strip()
-    detail = detail.splitlines()[0][:300] if detail else type(e).__name__
     raise errors.CheckpointError(
         f'The checkpoint {path} does not hold the weights of the model that '
         f'{os.path.join(model_dir, CONFIG_FILE)} describes (a different model, or a '
-        f'damaged file?). Details: {detail}') from None
+        f'damaged file?). Details: {errors.first_line(e)}') from None
   if optimizer:
     optim.swap_ema(model, optimizer)
   return model

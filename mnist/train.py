@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import signal
 import tempfile
 import threading
@@ -165,11 +164,10 @@ def _restore(state: TrainState, manager: tf.train.CheckpointManager):
     state.checkpoint().restore(path).assert_consumed()
   except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:  # IndexError:
     # a truncated checkpoint file.
-    detail = re.sub(r'\{\{.*?\}\}\s*|\s*\[Op:\w+\]', '', str(e)).strip()
     raise errors.CheckpointError(
         f'The checkpoint {path} does not match this model and flags (a different model, '
         f'precision or optimizer?). Use a new --model_dir or the original flags. '
-        f'Details: {detail.splitlines()[0][:300]}') from None
+        f'Details: {errors.first_line(e)}') from None
   logging.info('Restored %s: epoch %d, step %d.', path, int(state.epoch), int(state.step))
 
 

@@ -1,5 +1,4 @@
 """The input pipeline on injected and mock data, and clear errors for bad data."""
-import gzip
 import os
 import shutil
 

@@ -1,5 +1,4 @@
 """Real training processes, killed and rerun: resume must be exact. Runs in CI."""
-import os
 import signal
 
 import pytest
