@@ -91,6 +91,16 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
   stop_on_nonfinite the loop ends at that batch (consumed < num_steps) so the
   caller can name the step; otherwise it is skipped and counted.
   """
+  local_devices = (strategy.extended.worker_devices
+                   if jit_compile and strategy.num_replicas_in_sync > 1 else ())
+  if len(local_devices) > 1 and all('CPU' in d.upper() for d in local_devices):
+    # XLA compiles for one CPU device; replica 2's variables live on logical CPU:1,
+    # which the compiled step cannot read (TensorFlow's "tf.Variable on a
+    # different device" XLA limitation). Over GPUs each replica compiles for its own.
+    raise errors.ConfigError(
+        '--jit_compile cannot be combined with --strategy=mirrored over logical CPU '
+        f'devices ({len(local_devices)} of them): XLA cannot reach variables on a '
+        'second CPU device. Use one of them, or GPUs.')
   model, optimizer = state.model, state.optimizer
   # LossScaleOptimizer expects non-finite float16 gradients now and then: it skips
   # them and lowers the scale itself. Only a non-finite loss is divergence there.

@@ -206,3 +206,9 @@ def test_label_smoothing_matches_its_definition():
   assert float(smoothed[0]) == pytest.approx(-(target * log_p).sum(), rel=1e-5)
   plain, _ = train.per_example_stats(logits, labels)
   assert float(plain[0]) == pytest.approx(-log_p[0], rel=1e-5)
+
+
+def test_xla_over_logical_cpu_replicas_is_refused_clearly(tmp_path, splits, mirrored2):
+  with pytest.raises(errors.ConfigError, match='XLA cannot reach variables'):
+    train.run(_config(tmp_path, jit_compile=True), datasets_override=splits,
+              strategy_override=mirrored2)
