@@ -269,4 +269,8 @@ def run(main):
     except errors.Error as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(e.exit_code)
+  # The flags are defined here, not in the script, so absl's --help (which lists
+  # the main module's key flags) would show none of them: make them the script's.
+  for flag in FLAGS.get_key_flags_for_module(__name__):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main_with_errors)

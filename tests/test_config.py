@@ -62,3 +62,9 @@ def test_script_rejects_unknown_flag_value_types():
   result = _run_script('--epochs=five')
   assert result.returncode != 0
   assert 'epochs' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_help_lists_every_training_flag():
+  result = _run_script('--help')  # absl exits 1 after --help; the text is what counts.
+  for name in config_lib.TrainConfig.__dataclass_fields__:
+    assert f'--{name}' in result.stdout or f'--[no]{name}' in result.stdout, name
