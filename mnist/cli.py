@@ -234,11 +234,6 @@ def _runtime_config() -> runtime.RuntimeConfig:
                                intra_op_threads=FLAGS.intra_op_threads)
 
 
-def runtime_config_from_flags() -> runtime.RuntimeConfig:
-  """Reads the parsed runtime flags into a validated RuntimeConfig (raises ConfigError)."""
-  return _runtime_config().validate()
-
-
 def benchmark_config_from_flags() -> benchmark_config.BenchmarkConfig:
   """Reads the parsed flags into a validated BenchmarkConfig (raises ConfigError)."""
   values = {field: FLAGS[field].value

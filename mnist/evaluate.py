@@ -9,6 +9,7 @@ import tensorflow as tf
 from mnist import config as config_lib
 from mnist import data
 from mnist import inference
+from mnist import losses as losses_lib
 
 
 def evaluate_model(model, dataset: tf.data.Dataset, num_examples: int, batch_size: int,
@@ -20,10 +21,9 @@ def evaluate_model(model, dataset: tf.data.Dataset, num_examples: int, batch_siz
   """
   @tf.function
   def step(images, labels):
-    logits = tf.cast(model(images, training=False), tf.float32)
-    losses = tf.keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                             from_logits=True)
-    return tf.argmax(logits, axis=-1, output_type=tf.int32), losses
+    logits = model(images, training=False)
+    return (tf.argmax(logits, axis=-1, output_type=tf.int32),
+            losses_lib.per_example_loss(logits, labels))
 
   predictions, labels, losses, weights = [], [], [], []
   for images, batch_labels, batch_weights in data.eval_pipeline(dataset, num_examples,

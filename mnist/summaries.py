@@ -14,6 +14,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hp
 
 from mnist import data
+from mnist import losses as losses_lib
 from mnist import distribute
 from mnist import plots
 
@@ -189,9 +190,7 @@ def _make_gradient_step(model, strategy, global_batch_size):
       with tf.GradientTape() as tape:
         # training=False: dropout would advance the model's RNG state and so
         # change which masks the next training steps draw.
-        logits = tf.cast(model(images, training=False), tf.float32)
-        losses = tf.keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                                 from_logits=True)
+        losses = losses_lib.per_example_loss(model(images, training=False), labels)
         loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
       return tape.gradient(loss, model.trainable_variables)
     # One reduce per gradient: MultiWorkerMirroredStrategy's reduce packs a list

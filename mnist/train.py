@@ -23,6 +23,7 @@ from mnist import config as config_lib
 from mnist import data
 from mnist import distribute
 from mnist import errors
+from mnist import losses as losses_lib
 from mnist import model as model_lib
 from mnist import optim
 from mnist import summaries
@@ -60,27 +61,6 @@ def create_state(config: config_lib.TrainConfig, splits: data.Splits,
                     epoch=tf.Variable(0, dtype=tf.int64, name='epoch'))
 
 
-def per_example_stats(logits, labels, weights=None, label_smoothing=0.0):
-  """(per-example float32 loss, [loss sum, correct, count]) for one replica's batch.
-
-  `weights` (1 real, 0 padding) exclude the eval set's padding from every sum.
-  """
-  logits = tf.cast(logits, tf.float32)  # Loss and softmax in float32 under mixed precision.
-  if label_smoothing:
-    losses = tf.keras.losses.categorical_crossentropy(
-        tf.one_hot(labels, tf.shape(logits)[-1]), logits, from_logits=True,
-        label_smoothing=label_smoothing)
-  else:
-    losses = tf.keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                             from_logits=True)
-  correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
-                    tf.float32)
-  if weights is None:
-    weights = tf.ones_like(losses)
-  return losses, tf.stack([tf.reduce_sum(losses * weights), tf.reduce_sum(correct * weights),
-                           tf.reduce_sum(weights)])
-
-
 def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
                      global_batch_size: int, jit_compile: bool = False,
                      stop_on_nonfinite: bool = True, label_smoothing: float = 0.0):
@@ -110,7 +90,8 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
   def replica_grads(images, labels):
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
-      losses, stats = per_example_stats(logits, labels, label_smoothing=label_smoothing)
+      losses, stats = losses_lib.per_example_stats(logits, labels,
+                                                   label_smoothing=label_smoothing)
       # Divide by the global batch, not the replica's: the optimizer sums the
       # replicas' gradients, so N replicas train exactly like one device.
       loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
@@ -149,7 +130,7 @@ def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy):
   @tf.function
   def eval_step(images, labels, weights):
     def replica_step(images, labels, weights):
-      return per_example_stats(model(images, training=False), labels, weights)[1]
+      return losses_lib.per_example_stats(model(images, training=False), labels, weights)[1]
     per_replica = strategy.run(replica_step, args=(images, labels, weights))
     return strategy.reduce(SUM, per_replica, axis=None)
   return eval_step

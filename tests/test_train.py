@@ -197,17 +197,6 @@ def test_eval_uses_the_weight_averages_when_ema_is_on(tmp_path, splits):
       np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_label_smoothing_matches_its_definition():
-  logits = tf.constant([[4.0, 1.0, -2.0]])
-  labels = tf.constant([0])
-  smoothed, _ = train.per_example_stats(logits, labels, label_smoothing=0.3)
-  log_p = tf.nn.log_softmax(logits).numpy()[0]
-  target = np.array([0.7 + 0.1, 0.1, 0.1])  # (1 - 0.3) one-hot + 0.3 / 3 classes.
-  assert float(smoothed[0]) == pytest.approx(-(target * log_p).sum(), rel=1e-5)
-  plain, _ = train.per_example_stats(logits, labels)
-  assert float(plain[0]) == pytest.approx(-log_p[0], rel=1e-5)
-
-
 def test_xla_over_logical_cpu_replicas_is_refused_clearly(tmp_path, splits, mirrored2):
   with pytest.raises(errors.ConfigError, match='XLA cannot reach variables'):
     train.run(_config(tmp_path, jit_compile=True), datasets_override=splits,
