@@ -426,7 +426,9 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
                    int(state.epoch), config.epochs, epoch_eval_split, eval_metrics['loss'],
                    eval_metrics['accuracy'], eval_metrics['examples'], path)
       if stop_signals.should_stop():
-        raise errors.PreemptedError(f'{stop_signals.describe()}: saved {path}. '
+        # The same message as mid-epoch: callers read the step from it.
+        raise errors.PreemptedError(f'{stop_signals.describe()} at step {int(state.step)}: '
+                                    f'saved {path}. '
                                     'Rerun the same command to resume.')
 
   # The test split is reported, never used to choose: with a validation split it
