@@ -68,7 +68,8 @@ def define_train_flags():
   flags.DEFINE_float('ema_momentum', d.ema_momentum,
                      'If > 0, keep an exponential moving average of the weights with this '
                      'momentum and evaluate (and export) it.')
-  flags.DEFINE_float('dropout_rate', d.dropout_rate, 'Dropout before the logits layer.')
+  flags.DEFINE_float('dropout_rate', d.dropout_rate,
+                     'Dropout before the logits layer (strided_cnn: also after each block).')
   flags.DEFINE_integer('seed', d.seed, 'Seed for weights, dropout and the shuffle order.')
   flags.DEFINE_string('strategy', d.strategy,
                       'tf.distribute strategy: ' + ', '.join(config_lib.STRATEGIES) +

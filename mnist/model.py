@@ -4,12 +4,13 @@ import hashlib
 import keras
 
 
-def _conv(filters, size, batch_norm, dtype, padding='valid'):
+def _conv(filters, size, batch_norm, dtype, padding='valid', strides=1):
   """Conv + ReLU; with batch_norm, Conv (no bias: BN has one) + BN + ReLU."""
   if not batch_norm:
-    return [keras.layers.Conv2D(filters, size, padding=padding, activation='relu',
+    return [keras.layers.Conv2D(filters, size, strides, padding=padding, activation='relu',
                                 dtype=dtype)]
-  return [keras.layers.Conv2D(filters, size, padding=padding, use_bias=False, dtype=dtype),
+  return [keras.layers.Conv2D(filters, size, strides, padding=padding, use_bias=False,
+                              dtype=dtype),
           keras.layers.BatchNormalization(dtype=dtype),
           keras.layers.ReLU(dtype=dtype)]
 
@@ -46,7 +47,23 @@ def wide_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True) -> list
           _head(256, num_classes, dropout_rate, dtype))
 
 
-MODELS = {'seed_cnn': seed_cnn, 'fast_cnn': fast_cnn, 'wide_cnn': wide_cnn}
+def strided_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True) -> list:
+  """Two blocks of conv 3x3, conv 3x3 and a stride-2 5x5 conv (learned downsampling
+  in place of max-pooling), dropout after each block, a 4x4 conv to 128 and the
+  logits; after C. Deotte's Kaggle MNIST architecture study. About 1.5x wide_cnn's
+  FLOPs. `dropout_rate` applies to all three dropout layers.
+  """
+  drop = lambda: [keras.layers.Dropout(dropout_rate, dtype=dtype)]
+  def block(filters):
+    return (_conv(filters, 3, batch_norm, dtype) + _conv(filters, 3, batch_norm, dtype) +
+            _conv(filters, 5, batch_norm, dtype, padding='same', strides=2) + drop())
+  return (block(32) + block(64) + _conv(128, 4, batch_norm, dtype) +  # 28 -> 12 -> 4 -> 1.
+          [keras.layers.Flatten(dtype=dtype)] + drop() +
+          [keras.layers.Dense(num_classes, dtype=dtype)])
+
+
+MODELS = {'seed_cnn': seed_cnn, 'fast_cnn': fast_cnn, 'wide_cnn': wide_cnn,
+          'strided_cnn': strided_cnn}
 
 
 def augmentation_layers(seed=None) -> list:

@@ -39,7 +39,7 @@ def test_unknown_model_is_rejected():
     model_lib.build_model('resnet_1000')
 
 
-@pytest.mark.parametrize('name', ['fast_cnn', 'wide_cnn'])
+@pytest.mark.parametrize('name', ['fast_cnn', 'wide_cnn', 'strided_cnn'])
 def test_model_variants_map_images_to_logits(name):
   model = model_lib.build_model(name, batch_norm=True)
   assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
@@ -84,3 +84,13 @@ def test_augmentation_is_off_at_evaluation():
   np.testing.assert_array_equal(augmented(images, training=False),
                                 plain(images, training=False))
   assert not np.allclose(augmented(images, training=True), plain(images, training=True))
+
+
+def test_strided_cnn_drops_after_each_block_and_checkpoints_every_dropout_state():
+  model = model_lib.build_model('strided_cnn', batch_norm=True, dropout_rate=0.3)
+  dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+  assert [layer.rate for layer in dropouts] == [0.3, 0.3, 0.3]
+  # Each dropout layer draws from its own seed generator; resume needs all of them.
+  generator_states = {id(layer.seed_generator.state) for layer in dropouts}
+  assert len(generator_states) == 3
+  assert generator_states <= {id(v) for v in model_lib.rng_state_variables(model)}
