@@ -34,7 +34,7 @@ def run(config: benchmark_config.BenchmarkConfig,
   runtime.apply_threading(config.runtime)
   if tc.deterministic:  # As training does.
     tf.config.experimental.enable_op_determinism()
-  strategy = distribute.make_strategy(tc.strategy, tc.cpu_devices)
+  strategy = distribute.strategy_from_config(tc)  # As training builds it.
   config_lib.check_divisible(tc, strategy.num_replicas_in_sync)
   splits = datasets_override or data.load_splits(
       tc.dataset, tc.train_split, tc.eval_split, tc.data_dir, tc.tfds_manual_dir)

@@ -98,7 +98,7 @@ def multi_worker_strategy(communication: str = 'auto', timeout_seconds: float = 
     raise errors.WorkerLostError(
         f'{task.task_type} {task.task_index} ({task.address}) could not form the cluster '
         f'of {task.num_workers} workers within --worker_startup_timeout_seconds='
-        f'{startup_timeout_seconds} ({str(e).strip().splitlines()[0][:200]}). Check that '
+        f'{startup_timeout_seconds} ({errors.first_line(e, 200)}). Check that '
         f'every worker was started and every address in ${cluster.TF_CONFIG_ENV} is '
         'reachable.') from None
 
@@ -131,8 +131,7 @@ def tpu_strategy() -> tf.distribute.Strategy:
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
   except (ValueError, RuntimeError, tf.errors.OpError) as e:
-    raise errors.ConfigError(f'--strategy=tpu found no TPU: {str(e).splitlines()[0][:300]}'
-                             ) from None
+    raise errors.ConfigError(f'--strategy=tpu found no TPU: {errors.first_line(e)}') from None
   return tf.distribute.TPUStrategy(resolver)
 
 

@@ -14,8 +14,8 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hp
 
 from mnist import data
-from mnist import losses as losses_lib
 from mnist import distribute
+from mnist import losses as losses_lib
 from mnist import plots
 
 SUM = tf.distribute.ReduceOp.SUM

@@ -195,9 +195,12 @@ class _StopSignals:
       return self.received is not None
     return self._any_worker(self.received is not None)
 
-  def describe(self) -> str:
-    return (f'Received {self.received}' if self.received
-            else 'Another worker received SIGTERM or SIGINT')
+  def preempted(self, step: int, path: str) -> errors.PreemptedError:
+    """The error to raise once `path` is saved; callers read the step from it."""
+    who = (f'Received {self.received}' if self.received
+           else 'Another worker received SIGTERM or SIGINT')
+    return errors.PreemptedError(f'{who} at step {step}: saved {path}. '
+                                 'Rerun the same command to resume.')
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -257,7 +260,7 @@ def _save(manager: _ChiefCheckpointManager, step: int) -> str:
       raise  # A lost worker, not a full disk: run() reports it as such.
     raise errors.CheckpointError(
         f'Could not write the checkpoint for step {step} in {manager.directory} (disk '
-        f'full?): {str(e).splitlines()[0][:200]}. The previous checkpoint '
+        f'full?): {errors.first_line(e, 200)}. The previous checkpoint '
         f'{manager.latest_checkpoint} is intact; free space and rerun to resume.') from None
 
 
@@ -400,11 +403,9 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
           window_totals, window_skipped = tf.zeros([3]), 0
           window_start = time.perf_counter()
         if stop_signals.should_stop():
-          _save(manager, step)
+          path = _save(manager, step)
           train_writer.flush()
-          raise errors.PreemptedError(
-              f'{stop_signals.describe()} at step {step}: saved '
-              f'{manager.latest_checkpoint}. Rerun the same command to resume.')
+          raise stop_signals.preempted(step, path)
         if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
             and done_in_epoch < steps_per_epoch):  # The epoch end saves after eval.
           _save(manager, step)
@@ -426,10 +427,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
                    int(state.epoch), config.epochs, epoch_eval_split, eval_metrics['loss'],
                    eval_metrics['accuracy'], eval_metrics['examples'], path)
       if stop_signals.should_stop():
-        # The same message as mid-epoch: callers read the step from it.
-        raise errors.PreemptedError(f'{stop_signals.describe()} at step {int(state.step)}: '
-                                    f'saved {path}. '
-                                    'Rerun the same command to resume.')
+        raise stop_signals.preempted(int(state.step), path)
 
   # The test split is reported, never used to choose: with a validation split it
   # is scored only here, once.
