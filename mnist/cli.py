@@ -55,8 +55,14 @@ def define_train_flags():
   flags.DEFINE_string('model', d.model, 'Model: ' + ', '.join(config_lib.MODELS) + '.')
   flags.DEFINE_bool('batch_norm', d.batch_norm, 'Batch normalisation after each conv.')
   flags.DEFINE_bool('augment', d.augment,
-                    'Random shifts (2 px), rotations (10 deg) and scales (10%) while '
-                    'training; never at evaluation.')
+                    'Random shifts, rotations and scales while training (sizes below); '
+                    'never at evaluation.')
+  flags.DEFINE_float('augment_shift_pixels', d.augment_shift_pixels,
+                     'With --augment: largest shift, in pixels, each way and axis.')
+  flags.DEFINE_float('augment_rotation_degrees', d.augment_rotation_degrees,
+                     'With --augment: largest rotation, in degrees, either way.')
+  flags.DEFINE_float('augment_zoom', d.augment_zoom,
+                     'With --augment: largest zoom in or out, as a fraction of the size.')
   flags.DEFINE_string('lr_schedule', d.lr_schedule,
                       'Learning-rate schedule over all --epochs: ' +
                       ', '.join(config_lib.SCHEDULES) + '. --learning_rate is the peak.')

@@ -35,6 +35,10 @@ class TrainConfig:
   model: str = 'seed_cnn'
   batch_norm: bool = False
   augment: bool = False  # Random shifts, rotations and scales while training.
+  # Their largest sizes, each drawn uniformly in [-max, max] per image.
+  augment_shift_pixels: float = 2.0
+  augment_rotation_degrees: float = 10.0
+  augment_zoom: float = 0.1  # Fraction of the image size.
   learning_rate: float = 1e-3  # Adam; the peak of a schedule.
   lr_schedule: str = 'constant'
   warmup_fraction: float = 0.2  # Of all steps, for one_cycle and warmup_cosine.
@@ -110,6 +114,10 @@ class TrainConfig:
           f'--label_smoothing must be in [0, 1), got {self.label_smoothing}.')
     check(0 <= self.ema_momentum < 1,
           f'--ema_momentum must be in [0, 1) (0: off), got {self.ema_momentum}.')
+    for name, limit in (('augment_shift_pixels', 14), ('augment_rotation_degrees', 180),
+                        ('augment_zoom', 1)):
+      check(0 <= getattr(self, name) < limit,
+            f'--{name} must be in [0, {limit}), got {getattr(self, name)}.')
     check(0 <= self.dropout_rate < 1,
           f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     check(self.strategy in STRATEGIES,

@@ -75,6 +75,25 @@ def test_augmentation_keeps_shape_dtype_and_moves_ink_only_a_little():
     assert abs(center[0] - 13.5) < 4 and abs(center[1] - 13.5) < 4
 
 
+def _ink_centers(images):
+  rows, cols = np.indices(images.shape[1:3])
+  mass = images[..., 0].sum(axis=(1, 2))
+  return np.stack([(rows * images[..., 0]).sum(axis=(1, 2)) / mass,
+                   (cols * images[..., 0]).sum(axis=(1, 2)) / mass], axis=1)
+
+
+def test_augmentation_sizes_are_flags_and_zero_leaves_a_layer_out():
+  keras.utils.set_random_seed(0)
+  layers = model_lib.augmentation_layers(shift_pixels=3, rotation_degrees=0, zoom=0)
+  assert [type(layer).__name__ for layer in layers] == ['RandomTranslation']
+  images = np.concatenate([_digit_like_batch()] * 8)
+  moves = np.abs(_ink_centers(keras.ops.convert_to_numpy(layers[0](images, training=True)))
+                 - _ink_centers(images))
+  assert moves.max() <= 3 + 1e-3  # Never beyond the flag...
+  assert moves.max() > 2  # ...and past the default's 2 px.
+  assert model_lib.augmentation_layers(0, 0, 0) == []
+
+
 def test_augmentation_is_off_at_evaluation():
   keras.utils.set_random_seed(0)
   plain = model_lib.build_model(augment=False, dropout_rate=0.0)
