@@ -20,7 +20,9 @@ from mnist import cli
 from mnist import speedrun
 
 cli.define_train_flags()
-flags.DEFINE_integer('seeds', 5, 'How many seeds (0 .. N-1).', lower_bound=1)
+flags.DEFINE_integer('seeds', 5, 'How many seeds (--first_seed onwards).', lower_bound=1)
+flags.DEFINE_integer('first_seed', 0, 'The first seed; more seeds can then be added later.',
+                     lower_bound=0)
 flags.DEFINE_string('baseline_flagfile', None,
                     'Also run this recipe once (seed 0) and compare times to the target.')
 flags.DEFINE_float('target_accuracy', 0.99, 'Accuracy whose time to reach is compared.')
@@ -35,14 +37,15 @@ def main(argv):
   print(f'speedrun: {FLAGS.seeds} seeds of {" ".join(recipe)}; workdir {workdir}',
         flush=True)
   runs = []
-  for seed in range(FLAGS.seeds):
+  for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
     run = speedrun.run_seed('recipe', recipe, seed, workdir, FLAGS.target_accuracy)
     print(f'seed {seed}: test accuracy {run.test_accuracy:.4f}  train {run.train_seconds:.1f}s'
           f'  process {run.process_seconds:.1f}s', flush=True)
     runs.append(run)
   report = {'recipe': recipe, **speedrun.summary(runs)}
   print(f'recipe: test accuracy mean {report["test_accuracy_mean"]:.4f}  min '
-        f'{report["test_accuracy_min"]:.4f}  train seconds mean '
+        f'{report["test_accuracy_min"]:.4f}  stdev {report["test_accuracy_stdev"]:.4f}  '
+        f'train seconds mean '
         f'{report["train_seconds_mean"]:.1f}  max {report["train_seconds_max"]:.1f}  '
         f'process seconds mean {report["process_seconds_mean"]:.1f}', flush=True)
   if FLAGS.baseline_flagfile:

@@ -18,12 +18,13 @@ def test_seconds_to_target_is_the_first_eval_reaching_it():
   assert speedrun.seconds_to(history, 0.999) is None
 
 
-def test_summary_gives_mean_and_min():
+def test_summary_gives_mean_min_and_spread():
   runs = [speedrun.SeedRun(0, 0.990, 10.0, 15.0, 9.0),
           speedrun.SeedRun(1, 0.992, 12.0, 17.0, 11.0)]
   report = speedrun.summary(runs)
   assert report['test_accuracy_mean'] == pytest.approx(0.991)
   assert report['test_accuracy_min'] == 0.990
+  assert report['test_accuracy_stdev'] == pytest.approx(0.001 * 2 ** 0.5)  # Sample stdev.
   assert report['train_seconds_mean'] == 11.0 and report['train_seconds_max'] == 12.0
   assert report['process_seconds_mean'] == 16.0
 
@@ -36,16 +37,17 @@ def test_speedrun_script_runs_seeds_and_the_baseline(tmp_path, manual_dir):
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'scripts', 'speedrun.py'),
        f'--flagfile={os.path.join(REPO, "configs", "fast.flags")}',
-       "--train_split=train[:2560]", '--seeds=2', f'--baseline_flagfile={baseline}',
+       "--train_split=train[:2560]", '--first_seed=3', '--seeds=2',
+       f'--baseline_flagfile={baseline}',
        '--target_accuracy=0.5', f'--workdir={tmp_path / "work"}',
        f'--tfds_manual_dir={manual_dir}'],
       capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
-  assert report['seeds'] == [0, 1]
+  assert report['seeds'] == [3, 4]
   assert '--model=fast_cnn' in report['recipe']
   assert '--train_split=train[:2560]' in report['recipe']
   assert all(run['test_accuracy'] > 0.5 for run in report['runs'])
   assert report['baseline']['seconds_to_target'] is not None
   assert report['baseline_seconds_to_target_over_recipe_train_seconds'] > 0
-  assert 'seed 1: test accuracy' in result.stdout
+  assert 'seed 4: test accuracy' in result.stdout and 'stdev' in result.stdout
