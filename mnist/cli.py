@@ -63,6 +63,12 @@ def define_train_flags():
                      'With --augment: largest rotation, in degrees, either way.')
   flags.DEFINE_float('augment_zoom', d.augment_zoom,
                      'With --augment: largest zoom in or out, as a fraction of the size.')
+  flags.DEFINE_float('augment_elastic_alpha', d.augment_elastic_alpha,
+                     'With --augment: elastic distortion (Simard et al. 2003) of this size, '
+                     'in pixels, after the shifts, rotations and scales; 0: off. Simard '
+                     'used 34 with --augment_elastic_sigma=4.')
+  flags.DEFINE_float('augment_elastic_sigma', d.augment_elastic_sigma,
+                     'Smoothness of the elastic distortion: the Gaussian sigma in pixels.')
   flags.DEFINE_string('lr_schedule', d.lr_schedule,
                       'Learning-rate schedule over all --epochs: ' +
                       ', '.join(config_lib.SCHEDULES) + '. --learning_rate is the peak.')

@@ -39,6 +39,8 @@ class TrainConfig:
   augment_shift_pixels: float = 2.0
   augment_rotation_degrees: float = 10.0
   augment_zoom: float = 0.1  # Fraction of the image size.
+  augment_elastic_alpha: float = 0.0  # Elastic distortion, in pixels; 0: off.
+  augment_elastic_sigma: float = 4.0  # Its smoothness, in pixels.
   learning_rate: float = 1e-3  # Adam; the peak of a schedule.
   lr_schedule: str = 'constant'
   warmup_fraction: float = 0.2  # Of all steps, for one_cycle and warmup_cosine.
@@ -115,9 +117,11 @@ class TrainConfig:
     check(0 <= self.ema_momentum < 1,
           f'--ema_momentum must be in [0, 1) (0: off), got {self.ema_momentum}.')
     for name, limit in (('augment_shift_pixels', 14), ('augment_rotation_degrees', 180),
-                        ('augment_zoom', 1)):
+                        ('augment_zoom', 1), ('augment_elastic_alpha', 100)):
       check(0 <= getattr(self, name) < limit,
             f'--{name} must be in [0, {limit}), got {getattr(self, name)}.')
+    check(self.augment_elastic_sigma > 0,
+          f'--augment_elastic_sigma must be > 0, got {self.augment_elastic_sigma}.')
     check(0 <= self.dropout_rate < 1,
           f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     check(self.strategy in STRATEGIES,

@@ -1,7 +1,10 @@
 """Models, selected by name. The seed's CNN is the default."""
 import hashlib
+from typing import Sequence
 
 import keras
+
+from mnist import augment as augment_lib
 
 
 def _conv(filters, size, batch_norm, dtype, padding='valid', strides=1):
@@ -66,44 +69,22 @@ MODELS = {'seed_cnn': seed_cnn, 'fast_cnn': fast_cnn, 'wide_cnn': wide_cnn,
           'strided_cnn': strided_cnn}
 
 
-def augmentation_layers(shift_pixels=2.0, rotation_degrees=10.0, zoom=0.1, image_size=28,
-                        seed=None) -> list:
-  """Random shifts, rotations and scales, each drawn per image in [-max, max].
-
-  The defaults (±2 px, ±10°, ±10%) are MNIST-style small distortions. Keras
-  random layers act only when called with training=True, so evaluation, export
-  and prediction see the images unchanged. They run in float32 ahead of the
-  model's dtype policy, and their seed-generator states are checkpointed (see
-  rng_state_variables). A size of 0 leaves that layer out.
-  """
-  shift = shift_pixels / image_size
-  layers = [
-      shift and keras.layers.RandomTranslation(shift, shift, fill_mode='constant', seed=seed),
-      rotation_degrees and keras.layers.RandomRotation(rotation_degrees / 360,
-                                                       fill_mode='constant', seed=seed),
-      zoom and keras.layers.RandomZoom(zoom, fill_mode='constant', seed=seed)]
-  return [layer for layer in layers if layer]
-
-
 def build_model(name: str = 'seed_cnn', input_shape=(28, 28, 1), num_classes: int = 10,
                 precision: str = 'float32', dropout_rate: float = 0.5,
-                batch_norm: bool = False, augment: bool = False,
-                augment_shift_pixels: float = 2.0, augment_rotation_degrees: float = 10.0,
-                augment_zoom: float = 0.1) -> keras.Model:
+                batch_norm: bool = False, augmentation: Sequence = ()) -> keras.Model:
   """A built Keras model that maps float32 images in [0, 1] to logits.
 
   The dtype policy is passed to each layer rather than set globally, so two
   models of different precision can live in one process (as tests do). Logits
-  come out in the compute dtype; the loss casts them to float32.
+  come out in the compute dtype; the loss casts them to float32. `augmentation`:
+  training-only layers (mnist/augment.py) that run first.
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r}; known: {", ".join(MODELS)}.')
   policy = keras.DTypePolicy(precision)
   layers = MODELS[name](num_classes, dtype=policy, dropout_rate=dropout_rate,
                         batch_norm=batch_norm)
-  augmentation = augmentation_layers(augment_shift_pixels, augment_rotation_degrees,
-                                     augment_zoom, image_size=input_shape[0]) if augment else []
-  return keras.Sequential([keras.Input(shape=input_shape)] + augmentation + layers, name=name)
+  return keras.Sequential([keras.Input(shape=input_shape), *augmentation, *layers], name=name)
 
 
 def build_from_config(config, input_shape, num_classes, precision=None) -> keras.Model:
@@ -111,9 +92,11 @@ def build_from_config(config, input_shape, num_classes, precision=None) -> keras
   return build_model(config.model, input_shape=input_shape, num_classes=num_classes,
                      precision=precision or config.mixed_precision,
                      dropout_rate=config.dropout_rate, batch_norm=config.batch_norm,
-                     augment=config.augment, augment_shift_pixels=config.augment_shift_pixels,
-                     augment_rotation_degrees=config.augment_rotation_degrees,
-                     augment_zoom=config.augment_zoom)
+                     augmentation=augment_lib.augmentation_layers(
+                         config.augment_shift_pixels, config.augment_rotation_degrees,
+                         config.augment_zoom, config.augment_elastic_alpha,
+                         config.augment_elastic_sigma, image_size=input_shape[0])
+                     if config.augment else ())
 
 
 def weights_sha256(model: keras.Model) -> str:

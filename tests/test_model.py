@@ -51,60 +51,6 @@ def test_batch_norm_is_off_by_default_for_the_seed_cnn():
                  for layer in model_lib.build_model().layers)
 
 
-def _digit_like_batch():
-  images = np.zeros((8, 28, 28, 1), np.float32)
-  images[:, 10:18, 12:16, 0] = 1.0  # A bar in the middle.
-  return images
-
-
-def test_augmentation_keeps_shape_dtype_and_moves_ink_only_a_little():
-  keras.utils.set_random_seed(0)
-  layers = model_lib.augmentation_layers()
-  images = _digit_like_batch()
-  augmented = images
-  for layer in layers:
-    augmented = layer(augmented, training=True)
-  augmented = keras.ops.convert_to_numpy(augmented)
-  assert augmented.shape == images.shape and augmented.dtype == np.float32
-  assert not np.allclose(augmented, images)  # It does something...
-  rows, cols = np.indices((28, 28))
-  for image in augmented[..., 0]:  # ...but the ink stays near where it was: labels hold.
-    mass = image.sum()
-    assert mass > 0
-    center = ((rows * image).sum() / mass, (cols * image).sum() / mass)
-    assert abs(center[0] - 13.5) < 4 and abs(center[1] - 13.5) < 4
-
-
-def _ink_centers(images):
-  rows, cols = np.indices(images.shape[1:3])
-  mass = images[..., 0].sum(axis=(1, 2))
-  return np.stack([(rows * images[..., 0]).sum(axis=(1, 2)) / mass,
-                   (cols * images[..., 0]).sum(axis=(1, 2)) / mass], axis=1)
-
-
-def test_augmentation_sizes_are_flags_and_zero_leaves_a_layer_out():
-  keras.utils.set_random_seed(0)
-  layers = model_lib.augmentation_layers(shift_pixels=3, rotation_degrees=0, zoom=0)
-  assert [type(layer).__name__ for layer in layers] == ['RandomTranslation']
-  images = np.concatenate([_digit_like_batch()] * 8)
-  moves = np.abs(_ink_centers(keras.ops.convert_to_numpy(layers[0](images, training=True)))
-                 - _ink_centers(images))
-  assert moves.max() <= 3 + 1e-3  # Never beyond the flag...
-  assert moves.max() > 2  # ...and past the default's 2 px.
-  assert model_lib.augmentation_layers(0, 0, 0) == []
-
-
-def test_augmentation_is_off_at_evaluation():
-  keras.utils.set_random_seed(0)
-  plain = model_lib.build_model(augment=False, dropout_rate=0.0)
-  augmented = model_lib.build_model(augment=True, dropout_rate=0.0)
-  augmented.set_weights(plain.get_weights())
-  images = _digit_like_batch()
-  np.testing.assert_array_equal(augmented(images, training=False),
-                                plain(images, training=False))
-  assert not np.allclose(augmented(images, training=True), plain(images, training=True))
-
-
 def test_strided_cnn_drops_after_each_block_and_checkpoints_every_dropout_state():
   model = model_lib.build_model('strided_cnn', batch_norm=True, dropout_rate=0.3)
   dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
