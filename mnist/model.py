@@ -95,7 +95,7 @@ def build_from_config(config, input_shape, num_classes, precision=None) -> keras
                      augmentation=augment_lib.augmentation_layers(
                          config.augment_shift_pixels, config.augment_rotation_degrees,
                          config.augment_zoom, config.augment_elastic_alpha,
-                         config.augment_elastic_sigma, image_size=input_shape[0])
+                         config.augment_elastic_sigma)
                      if config.augment else ())
 
 
