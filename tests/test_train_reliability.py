@@ -33,10 +33,13 @@ def test_two_deterministic_runs_end_with_identical_weights(tmp_path, splits):
   assert other_seed['weights_sha256'] != first['weights_sha256']
 
 
-@pytest.mark.parametrize('resume_step', [5, 16, 21])  # Mid-epoch, epoch end, mid-epoch 2.
-def test_resume_from_any_checkpoint_ends_bit_identical(tmp_path, splits, resume_step):
+@pytest.mark.parametrize('resume_step, changes', [
+    (5, {}), (16, {}), (21, {}),  # Mid-epoch, epoch end, mid-epoch 2.
+    (5, {'augment': True, 'augment_elastic_alpha': 34.0}),  # Its RNG state resumes too.
+])
+def test_resume_from_any_checkpoint_ends_bit_identical(tmp_path, splits, resume_step, changes):
   """Rewinds a finished run to an earlier checkpoint, as a crash would leave it."""
-  config = _config(tmp_path, checkpoint_every_steps=1, checkpoints_to_keep=100)
+  config = _config(tmp_path, checkpoint_every_steps=1, checkpoints_to_keep=100, **changes)
   uninterrupted = train.run(config, datasets_override=splits)
   ckpt_dir = _checkpoint_dir(config)
   tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.join(ckpt_dir, f'ckpt-{resume_step}'))
