@@ -38,27 +38,22 @@ class RandomDistortion(keras.layers.Layer):
   def call(self, images, training=None):
     if not training:
       return images
-    batch, height, width, channels = keras.ops.shape(images)
-    def uniform(limit):  # One value per image, broadcast over (row, column, channel).
-      return keras.random.uniform((batch, 1, 1, 1), -limit, limit, seed=self.seed_generator)
+    batch, height, width, _ = keras.ops.shape(images)
+    def uniform(limit):  # One value per image, broadcast over (row, column).
+      return keras.random.uniform((batch, 1, 1), -limit, limit, seed=self.seed_generator)
     angle = uniform(np.deg2rad(self.rotation_degrees))
     scale = 1.0 + uniform(self.zoom)
     shift_y, shift_x = uniform(self.shift_pixels), uniform(self.shift_pixels)
     # Each output pixel reads the source where the inverse transform puts it.
-    # map_coordinates runs over the whole (batch, row, column, channel) volume:
-    # batch and channel coordinates are whole numbers, so nothing mixes across them.
-    b, y, x, c = keras.ops.meshgrid(
-        *(keras.ops.arange(n, dtype='float32') for n in (batch, height, width, channels)),
-        indexing='ij')
-    center_y, center_x = (height - 1) / 2, (width - 1) / 2
+    y, x = np.mgrid[:height, :width].astype('float32') - [[[(height - 1) / 2]],
+                                                           [[(width - 1) / 2]]]
     cos, sin = keras.ops.cos(angle), keras.ops.sin(angle)
-    source_y = center_y + (cos * (y - center_y) - sin * (x - center_x)) / scale - shift_y
-    source_x = center_x + (sin * (y - center_y) + cos * (x - center_x)) / scale - shift_x
+    source_y = (height - 1) / 2 + (cos * y - sin * x) / scale - shift_y
+    source_x = (width - 1) / 2 + (sin * y + cos * x) / scale - shift_x
     if self.elastic_alpha:
       field = self._elastic_field(batch, height, width)
-      source_y, source_x = source_y + field[..., :1], source_x + field[..., 1:]
-    return keras.ops.image.map_coordinates(images, [b, source_y, source_x, c], order=1,
-                                           fill_mode='constant')
+      source_y, source_x = source_y + field[..., 0], source_x + field[..., 1]
+    return _bilinear_sample(images, source_y, source_x)
 
   def _elastic_field(self, batch, height, width):
     """(batch, height, width, 2) displacements in pixels: rows, then columns."""
@@ -79,6 +74,31 @@ class RandomDistortion(keras.layers.Layer):
             'rotation_degrees': self.rotation_degrees, 'zoom': self.zoom,
             'elastic_alpha': self.elastic_alpha, 'elastic_sigma': self.elastic_sigma,
             'seed': self.seed}
+
+
+def _bilinear_sample(images, source_y, source_x):
+  """images (batch, height, width, channels) read at (batch, height, width) fractional
+  source positions, bilinearly; zero outside the image.
+
+  Four gathers from the flattened batch. keras.ops.image.map_coordinates can do
+  the same over the (batch, row, column, channel) volume, but it took 66 ms per
+  batch of 128 where this takes 8 and Keras's three affine layers 6 (one run, same
+  load; scripts/show_augmentation.py times ours against Keras's).
+  """
+  batch, height, width, channels = keras.ops.shape(images)
+  pixels = keras.ops.reshape(images, (-1, channels))
+  first_pixel = keras.ops.reshape(keras.ops.arange(batch) * (height * width), (-1, 1, 1))
+  top, left = keras.ops.floor(source_y), keras.ops.floor(source_x)
+  down, right = source_y - top, source_x - left  # Weights of the lower and right pixels.
+  sampled = 0.0
+  for row, row_weight in ((top, 1.0 - down), (top + 1.0, down)):
+    for column, column_weight in ((left, 1.0 - right), (left + 1.0, right)):
+      inside = ((row >= 0) & (row <= height - 1) & (column >= 0) & (column <= width - 1))
+      index = (first_pixel + keras.ops.cast(keras.ops.clip(row, 0, height - 1), 'int32') * width
+               + keras.ops.cast(keras.ops.clip(column, 0, width - 1), 'int32'))
+      weight = row_weight * column_weight * keras.ops.cast(inside, images.dtype)
+      sampled = sampled + keras.ops.take(pixels, index, axis=0) * weight[..., None]
+  return sampled
 
 
 def augmentation_layers(shift_pixels=2.0, rotation_degrees=10.0, zoom=0.1, elastic_alpha=0.0,

@@ -3,9 +3,13 @@
 Sharpness is the ink-weighted mean intensity, sum(x^2) / sum(x): 1.0 when every
 inked pixel is fully on; each bilinear resample lowers it by smearing strokes.
 """
+import statistics
+import time
+
 import keras
 import numpy as np
 import PIL.Image
+import tensorflow as tf
 
 from mnist import augment
 
@@ -27,6 +31,24 @@ def apply(layers, images) -> np.ndarray:
   for layer in layers:
     images = layer(images, training=True)
   return keras.ops.convert_to_numpy(images)
+
+
+def milliseconds_per_batch(layers, images, repeats: int = 30) -> float:
+  """Median time of one training-mode call on `images`, in a tf.function as in the
+  train step; tracing and one warm-up call excluded."""
+  @tf.function
+  def augment(batch):
+    for layer in layers:
+      batch = layer(batch, training=True)
+    return batch
+  batch = tf.constant(images)
+  augment(batch).numpy()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    augment(batch).numpy()
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
 
 
 def write_grid(path: str, originals: np.ndarray, augmented_rows: list, scale: int = 3):

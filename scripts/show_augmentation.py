@@ -1,6 +1,7 @@
 """Shows what --augment and its size flags do: a PNG of digits and their random
-distortions, and the strokes' sharpness against the originals and against Keras's
-chained RandomTranslation/RandomRotation/RandomZoom at the same sizes.
+distortions, the strokes' sharpness against the originals and against Keras's
+chained RandomTranslation/RandomRotation/RandomZoom at the same sizes, and the
+time of each per --batch_size batch (measure on an otherwise idle machine).
 
   python scripts/show_augmentation.py --flagfile=configs/best.flags --output=/tmp/aug.png
 """
@@ -36,7 +37,10 @@ def main(argv):
         f'{len(images)} images of {config.eval_split}')
   for name, layers in (('original', []), ('ours (one resample)', ours),
                        ('Keras chain (three resamples)', augment_preview.keras_chain(*sizes))):
-    print(f'{name:32s} sharpness {augment_preview.sharpness(augment_preview.apply(layers, images)):.3f}')
+    sharpness = augment_preview.sharpness(augment_preview.apply(layers, images))
+    timing = (f'  {augment_preview.milliseconds_per_batch(layers, images[:FLAGS.batch_size]):.1f}'
+              f' ms per batch of {FLAGS.batch_size} (median)' if layers else '')
+    print(f'{name:32s} sharpness {sharpness:.3f}{timing}')
   shown = images[:12]
   augment_preview.write_grid(FLAGS.output, shown,
                              [augment_preview.apply(ours, shown) for _ in range(FLAGS.draws)])

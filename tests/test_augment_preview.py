@@ -42,4 +42,5 @@ def test_show_augmentation_script_prints_sharpness_and_writes_the_grid(tmp_path,
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'ours (one resample)' in result.stdout and 'Keras chain' in result.stdout
+  assert result.stdout.count('ms per batch of 64') == 2
   assert PIL.Image.open(output).size == (12 * 28 * 3, 3 * 28 * 3)  # Originals + 2 draws.
