@@ -55,8 +55,8 @@ def define_train_flags():
   flags.DEFINE_string('model', d.model, 'Model: ' + ', '.join(config_lib.MODELS) + '.')
   flags.DEFINE_bool('batch_norm', d.batch_norm, 'Batch normalisation after each conv.')
   flags.DEFINE_bool('augment', d.augment,
-                    'Random shifts, rotations and scales while training (sizes below); '
-                    'never at evaluation.')
+                    'Random shifts, rotations, scales and optionally an elastic distortion '
+                    'while training, in one resample (sizes below); never at evaluation.')
   flags.DEFINE_float('augment_shift_pixels', d.augment_shift_pixels,
                      'With --augment: largest shift, in pixels, each way and axis.')
   flags.DEFINE_float('augment_rotation_degrees', d.augment_rotation_degrees,

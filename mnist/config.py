@@ -34,7 +34,7 @@ class TrainConfig:
   eval_batch_size: int = 1000
   model: str = 'seed_cnn'
   batch_norm: bool = False
-  augment: bool = False  # Random shifts, rotations and scales while training.
+  augment: bool = False  # Random shifts, rotations, scales (elastic) while training.
   # Their largest sizes, each drawn uniformly in [-max, max] per image.
   augment_shift_pixels: float = 2.0
   augment_rotation_degrees: float = 10.0
