@@ -39,7 +39,8 @@ def train_command(model_dir: str, flags: Sequence[str]) -> list:
   return [sys.executable, TRAIN_SCRIPT, f'--model_dir={model_dir}', *flags]
 
 
-def run(command: Sequence[str], timeout: float = 900) -> Outcome:
+def run(command: Sequence[str], timeout: Optional[float] = 900) -> Outcome:
+  """Runs `command` to completion; `timeout` seconds (None: no limit) guard tests."""
   done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
   return Outcome(done.returncode, done.stdout, done.stderr)
 

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from mnist import fault_injection
 from mnist import speedrun
 
 from conftest import REPO
@@ -27,6 +28,22 @@ def test_summary_gives_mean_min_and_spread():
   assert report['test_accuracy_stdev'] == pytest.approx(0.001 * 2 ** 0.5)  # Sample stdev.
   assert report['train_seconds_mean'] == 11.0 and report['train_seconds_max'] == 12.0
   assert report['process_seconds_mean'] == 16.0
+
+
+def test_run_seed_waits_for_long_recipes_without_a_timeout(monkeypatch, tmp_path):
+  """A 17-minute recipe must not be killed by a test-sized timeout."""
+  seen = {}
+  finished = {'test_accuracy': 0.997, 'train_seconds': 1000.0,
+              'eval_history': [{'accuracy': 0.997, 'seconds': 990.0}]}
+
+  def fake_run(command, timeout=900):
+    seen['timeout'] = timeout
+    return fault_injection.Outcome(0, json.dumps(finished) + '\n', '')
+
+  monkeypatch.setattr(fault_injection, 'run', fake_run)
+  result = speedrun.run_seed('best', ['--epochs=25'], 1, str(tmp_path), 0.99)
+  assert seen['timeout'] is None
+  assert result.test_accuracy == 0.997 and result.seconds_to_target == 990.0
 
 
 @pytest.mark.real_data
