@@ -33,7 +33,7 @@ def run_seed(name: str, train_flags: Sequence[str], seed: int, workdir: str,
   command = fault_injection.train_command(model_dir, [*train_flags, f'--seed={seed}'])
   start = time.perf_counter()
   # No timeout: a recipe may train for as long as it needs; speedrun measures time, it
-  # does not enforce a budget (best.flags takes ~17 min here).
+  # does not enforce a budget (best.flags takes about 19 min here).
   outcome = fault_injection.run(command, timeout=None)
   process_seconds = time.perf_counter() - start
   results = outcome.results

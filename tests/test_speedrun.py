@@ -31,7 +31,7 @@ def test_summary_gives_mean_min_and_spread():
 
 
 def test_run_seed_waits_for_long_recipes_without_a_timeout(monkeypatch, tmp_path):
-  """A 17-minute recipe must not be killed by a test-sized timeout."""
+  """A 19-minute recipe must not be killed by a test-sized timeout."""
   seen = {}
   finished = {'test_accuracy': 0.997, 'train_seconds': 1000.0,
               'eval_history': [{'accuracy': 0.997, 'seconds': 990.0}]}
