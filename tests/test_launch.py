@@ -136,7 +136,8 @@ def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, p
 
   # The same steps on one device: the global batch is split across the workers
   # in order, so the result matches up to float summation order.
-  one = fault_injection.run(fault_injection.train_command(str(tmp_path / 'one'), flags))
+  one = fault_injection.run(fault_injection.train_command(str(tmp_path / 'one'), flags),
+                          timeout=900)
   assert one.returncode == 0, one.stderr[-3000:]
   print('2 workers:', {k: workers[0][k] for k in ('test_loss', 'test_accuracy')},
         'one device:', {k: one.results[k] for k in ('test_loss', 'test_accuracy')})

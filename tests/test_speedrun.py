@@ -36,11 +36,11 @@ def test_run_seed_waits_for_long_recipes_without_a_timeout(monkeypatch, tmp_path
   finished = {'test_accuracy': 0.997, 'train_seconds': 1000.0,
               'eval_history': [{'accuracy': 0.997, 'seconds': 990.0}]}
 
-  def fake_run(command, timeout=900):
+  def fake_subprocess_run(command, timeout=None, **unused_kwargs):
     seen['timeout'] = timeout
-    return fault_injection.Outcome(0, json.dumps(finished) + '\n', '')
+    return subprocess.CompletedProcess(command, 0, json.dumps(finished) + '\n', '')
 
-  monkeypatch.setattr(fault_injection, 'run', fake_run)
+  monkeypatch.setattr(fault_injection.subprocess, 'run', fake_subprocess_run)
   result = speedrun.run_seed('best', ['--epochs=25'], 1, str(tmp_path), 0.99)
   assert seen['timeout'] is None
   assert result.test_accuracy == 0.997 and result.seconds_to_target == 990.0
