@@ -76,6 +76,9 @@ def define_train_flags():
                      'Fraction of all steps spent warming up (one_cycle, warmup_cosine).')
   flags.DEFINE_float('adam_beta1', d.adam_beta1, 'Adam beta_1.')
   flags.DEFINE_float('adam_beta2', d.adam_beta2, 'Adam beta_2.')
+  flags.DEFINE_float('weight_decay', d.weight_decay,
+                     'Decoupled weight decay (AdamW-style) of conv and dense kernels: each '
+                     'step scales them by 1 - weight_decay * learning rate. 0: off.')
   flags.DEFINE_float('label_smoothing', d.label_smoothing, 'Label smoothing of the train loss.')
   flags.DEFINE_float('ema_momentum', d.ema_momentum,
                      'If > 0, keep an exponential moving average of the weights with this '

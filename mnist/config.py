@@ -46,6 +46,9 @@ class TrainConfig:
   warmup_fraction: float = 0.2  # Of all steps, for one_cycle and warmup_cosine.
   adam_beta1: float = 0.9
   adam_beta2: float = 0.999
+  # Decoupled (AdamW-style): each step scales the conv and dense kernels by
+  # 1 - weight_decay * learning rate; biases and batch-norm scales are left alone.
+  weight_decay: float = 0.0
   label_smoothing: float = 0.0
   ema_momentum: float = 0.0  # > 0: evaluate an exponential moving average of the weights.
   dropout_rate: float = 0.5
@@ -112,6 +115,8 @@ class TrainConfig:
     for name in ('adam_beta1', 'adam_beta2'):
       check(0 <= getattr(self, name) < 1,
             f'--{name} must be in [0, 1), got {getattr(self, name)}.')
+    check(0 <= self.weight_decay < 1,
+          f'--weight_decay must be in [0, 1) (0: off), got {self.weight_decay}.')
     check(0 <= self.label_smoothing < 1,
           f'--label_smoothing must be in [0, 1), got {self.label_smoothing}.')
     check(0 <= self.ema_momentum < 1,

@@ -52,11 +52,15 @@ def learning_rate(config: config_lib.TrainConfig, total_steps: int):
 
 
 def make_optimizer(config: config_lib.TrainConfig, total_steps: int):
-  """Adam with the config's schedule and betas; EMA of the weights when ema_momentum > 0."""
+  """Adam with the config's schedule, betas and weight decay; EMA of the weights when
+  ema_momentum > 0."""
   optimizer = keras.optimizers.Adam(
       learning_rate=learning_rate(config, total_steps), beta_1=config.adam_beta1,
-      beta_2=config.adam_beta2, use_ema=config.ema_momentum > 0,
-      ema_momentum=config.ema_momentum or 0.99)
+      beta_2=config.adam_beta2, weight_decay=config.weight_decay or None,
+      use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum or 0.99)
+  # Kernels only: decaying biases or batch-norm scales and offsets only shifts or
+  # shrinks activations, it does not regularise.
+  optimizer.exclude_from_weight_decay(var_names=['bias', 'gamma', 'beta'])
   if config.mixed_precision == 'mixed_float16':
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

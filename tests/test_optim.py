@@ -45,6 +45,23 @@ def test_constant_and_adam_betas_reach_the_optimizer():
   assert not optimizer.use_ema
 
 
+def test_weight_decay_shrinks_kernels_only():
+  config = config_lib.TrainConfig(learning_rate=0.01, weight_decay=0.5)
+  optimizer = optim.make_optimizer(config, total_steps=10)
+  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                            keras.layers.BatchNormalization()])
+  for variable in model.trainable_variables:
+    variable.assign(np.ones(variable.shape))
+  optimizer.build(model.trainable_variables)
+  # Zero gradients: Adam moves nothing, so any change is the decay.
+  optimizer.apply([np.zeros(v.shape, np.float32) for v in model.trainable_variables],
+                  model.trainable_variables)
+  after = {v.name: v.numpy() for v in model.trainable_variables}
+  np.testing.assert_allclose(after['kernel'], 1 - 0.5 * 0.01)
+  for name in ('bias', 'gamma', 'beta'):
+    np.testing.assert_array_equal(after[name], 1.0)
+
+
 def test_ema_weights_are_swapped_in_for_the_block_and_back_after(tmp_path, splits):
   config = config_lib.TrainConfig(model_dir=str(tmp_path), batch_size=32,
                                   ema_momentum=0.9)
