@@ -46,9 +46,7 @@ class TrainConfig:
   warmup_fraction: float = 0.2  # Of all steps, for one_cycle and warmup_cosine.
   adam_beta1: float = 0.9
   adam_beta2: float = 0.999
-  # Decoupled (AdamW-style): each step scales the conv and dense kernels by
-  # 1 - weight_decay * learning rate; biases and batch-norm scales are left alone.
-  weight_decay: float = 0.0
+  weight_decay: float = 0.0  # Decoupled (AdamW-style), kernels only; 0: off.
   label_smoothing: float = 0.0
   ema_momentum: float = 0.0  # > 0: evaluate an exponential moving average of the weights.
   dropout_rate: float = 0.5

@@ -10,13 +10,15 @@ pytestmark = pytest.mark.real_data
 
 FLAGS = ["--train_split=train[:3200]", '--epochs=2', '--checkpoint_every_steps=10',
          '--log_every_steps=10', '--deterministic']
+# A hung training process fails the test instead of stalling CI (run() has no limit).
+GUARD_SECONDS = 900
 
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   """One uninterrupted deterministic run: the sha256 every resumed run must reach."""
   model_dir = str(tmp_path_factory.mktemp('reference'))
-  outcome = fault_injection.run(fault_injection.train_command(model_dir, FLAGS), timeout=900)
+  outcome = fault_injection.run(fault_injection.train_command(model_dir, FLAGS), GUARD_SECONDS)
   assert outcome.returncode == 0, outcome.stderr[-3000:]
   return outcome.results
 
@@ -24,7 +26,7 @@ def reference(tmp_path_factory):
 def test_a_deterministic_rerun_gives_the_same_fingerprint(tmp_path, reference, manual_dir):
   del manual_dir  # Only ensures the data exists.
   again = fault_injection.run(fault_injection.train_command(str(tmp_path), FLAGS),
-                              timeout=900)
+                              GUARD_SECONDS)
   assert again.results['weights_sha256'] == reference['weights_sha256']
 
 
@@ -35,7 +37,7 @@ def test_sigkill_after_a_checkpoint_then_rerun_matches_uninterrupted(tmp_path, r
   assert killed.returncode == -signal.SIGKILL
   killed_at = fault_injection.latest_checkpoint_step(str(tmp_path))
   assert killed_at is not None and killed_at < reference['global_step']
-  resumed = fault_injection.run(command, timeout=900)
+  resumed = fault_injection.run(command, GUARD_SECONDS)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Restored {tmp_path}/checkpoints/ckpt-' in resumed.stderr
   assert resumed.results['weights_sha256'] == reference['weights_sha256']
@@ -50,7 +52,7 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_resumes(tmp_path, reference):
   assert 'Traceback' not in stopped.stderr
   saved_at = fault_injection.latest_checkpoint_step(str(tmp_path))
   assert f'ckpt-{saved_at}' in stopped.stderr  # The checkpoint it names is the latest.
-  resumed = fault_injection.run(command, timeout=900)
+  resumed = fault_injection.run(command, GUARD_SECONDS)
   assert resumed.results['weights_sha256'] == reference['weights_sha256']
 
 
