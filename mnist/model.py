@@ -5,6 +5,7 @@ from typing import Sequence
 import keras
 
 from mnist import augment as augment_lib
+from mnist import batch_norm as batch_norm_lib
 
 
 def _conv(filters, size, batch_norm, dtype, padding='valid', strides=1):
@@ -14,7 +15,7 @@ def _conv(filters, size, batch_norm, dtype, padding='valid', strides=1):
                                 dtype=dtype)]
   return [keras.layers.Conv2D(filters, size, strides, padding=padding, use_bias=False,
                               dtype=dtype),
-          keras.layers.BatchNormalization(dtype=dtype),
+          batch_norm_lib.FusedBatchNormalization(dtype=dtype),
           keras.layers.ReLU(dtype=dtype)]
 
 

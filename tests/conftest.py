@@ -48,8 +48,11 @@ def splits():
   return synthetic_splits()
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def mirrored2():
+  # One for the session, as a real run has one: a second MirroredStrategy over the
+  # same devices starts its collective keys afresh, and its first gradient
+  # all-reduce fails if an earlier strategy's, under the same key, had another shape.
   return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mnist import batch_norm
 from mnist import data
 from mnist import errors
 from mnist import export
 from mnist import inference
+from mnist import model as model_lib
 from mnist import predict
 
 from conftest import REPO
@@ -93,3 +95,22 @@ def test_export_refuses_to_overwrite(tmp_path):
     export.check_export_dir(str(tmp_path))
   assert export.check_export_dir(str(tmp_path / 'new' / '1') + '/') == \
       str(tmp_path / 'new' / '1')
+
+
+def test_batch_norm_model_exports_to_saved_model_and_tflite(tmp_path):
+  model = model_lib.build_model('strided_cnn', batch_norm=True)
+  rng = np.random.default_rng(0)
+  for layer in model.layers:  # Non-trivial statistics, so a dropped BN would show.
+    if isinstance(layer, batch_norm.FusedBatchNormalization):
+      layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape))
+      layer.moving_variance.assign(rng.uniform(0.5, 2, size=layer.moving_variance.shape))
+  images = rng.integers(0, 256, size=(16, 28, 28, 1), dtype=np.uint8)
+  expected = inference.predict_probabilities(model, images)
+  paths = export.export(model, str(tmp_path / 'bn' / '1'), tflite=True)
+  np.testing.assert_allclose(inference.ExportedModel(paths['saved_model'])(images), expected,
+                             atol=1e-6)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    interpreter = tf.lite.Interpreter(model_path=paths['tflite'])
+  outputs = interpreter.get_signature_runner('serving_default')(images=images)
+  np.testing.assert_allclose(outputs['probabilities'], expected, atol=1e-4)

@@ -3,6 +3,7 @@ import keras
 import numpy as np
 import pytest
 
+from mnist import batch_norm
 from mnist import model as model_lib
 
 
@@ -43,7 +44,7 @@ def test_unknown_model_is_rejected():
 def test_model_variants_map_images_to_logits(name):
   model = model_lib.build_model(name, batch_norm=True)
   assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
-  assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+  assert any(isinstance(layer, batch_norm.FusedBatchNormalization) for layer in model.layers)
 
 
 def test_batch_norm_is_off_by_default_for_the_seed_cnn():

@@ -8,9 +8,11 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from mnist import batch_norm
 from mnist import config as config_lib
 from mnist import data
 from mnist import errors
+from mnist import evaluate
 from mnist import inference
 from mnist import model as model_lib
 from mnist import optim
@@ -143,6 +145,19 @@ def test_split_smaller_than_a_batch_is_refused(tmp_path):
   with pytest.raises(errors.ConfigError, match='fewer than one --batch_size'):
     train.run(_config(tmp_path, batch_size=64),
               datasets_override=synthetic_splits(num_train=50))
+
+
+def test_batch_norm_statistics_train_under_two_replicas(tmp_path, splits, mirrored2):
+  config = _config(tmp_path, epochs=1, batch_norm=True)
+  results = train.run(config, datasets_override=splits, strategy_override=mirrored2)
+  model = inference.load_model(config.model_dir)
+  norms = [layer for layer in model.layers
+           if isinstance(layer, batch_norm.FusedBatchNormalization)]
+  assert len(norms) == 2 and all(np.any(n.moving_mean.numpy() != 0) for n in norms)
+  # The checkpointed statistics are the ones the run's final eval used.
+  reloaded = evaluate.evaluate_model(model, splits.eval, splits.num_eval,
+                                     config.eval_batch_size, splits.num_classes)
+  assert reloaded['loss'] == pytest.approx(results['test_loss'], rel=1e-4)
 
 
 def test_fingerprint_in_results_is_the_final_model(tmp_path, splits):
