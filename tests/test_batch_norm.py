@@ -75,3 +75,13 @@ def test_bfloat16_activations_keep_float32_statistics():
 def test_only_nhwc_images_are_accepted(shape):
   with pytest.raises(ValueError, match='4-D NHWC'):
     batch_norm.FusedBatchNormalization().build(shape)
+
+
+def test_checkpoints_of_the_keras_layer_restore_into_the_fused_one(tmp_path):
+  keras_layer, _ = _pair()
+  path = tf.train.Checkpoint(layer=keras_layer).write(str(tmp_path / 'ckpt'))
+  fused_layer = batch_norm.FusedBatchNormalization()
+  fused_layer.build((None, 5, 5, 3))
+  tf.train.Checkpoint(layer=fused_layer).read(path).assert_consumed()
+  for expected, got in zip(keras_layer.weights, fused_layer.weights):
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
