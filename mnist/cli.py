@@ -54,6 +54,9 @@ def define_train_flags():
   flags.DEFINE_float('learning_rate', d.learning_rate, 'Adam learning rate.')
   flags.DEFINE_string('model', d.model, 'Model: ' + ', '.join(config_lib.MODELS) + '.')
   flags.DEFINE_bool('batch_norm', d.batch_norm, 'Batch normalisation after each conv.')
+  flags.DEFINE_float('width', d.width,
+                     "Multiplies the channels of every conv and hidden dense layer of "
+                     "--model (1: the model as described).")
   flags.DEFINE_bool('augment', d.augment,
                     'Random shifts, rotations, scales and optionally an elastic distortion '
                     'while training, in one resample (sizes below); never at evaluation.')

@@ -34,6 +34,7 @@ class TrainConfig:
   eval_batch_size: int = 1000
   model: str = 'seed_cnn'
   batch_norm: bool = False
+  width: float = 1.0  # Multiplies the model's channels.
   augment: bool = False  # Random shifts, rotations, scales (elastic) while training.
   # Their largest sizes, each drawn uniformly in [-max, max] per image.
   augment_shift_pixels: float = 2.0
@@ -125,6 +126,7 @@ class TrainConfig:
             f'--{name} must be in [0, {limit}), got {getattr(self, name)}.')
     check(self.augment_elastic_sigma > 0,
           f'--augment_elastic_sigma must be > 0, got {self.augment_elastic_sigma}.')
+    check(0 < self.width <= 16, f'--width must be in (0, 16], got {self.width}.')
     check(0 <= self.dropout_rate < 1,
           f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     check(self.strategy in STRATEGIES,

@@ -26,32 +26,41 @@ def _head(units, num_classes, dropout_rate, dtype):
           keras.layers.Dense(num_classes, dtype=dtype)]
 
 
-def seed_cnn(num_classes, dtype=None, dropout_rate=0.5, batch_norm=False) -> list:
+def _widths(width, *channels):
+  """The channel counts scaled by `width` (at least one channel each)."""
+  return [max(1, round(c * width)) for c in channels]
+
+
+def seed_cnn(num_classes, dtype=None, dropout_rate=0.5, batch_norm=False, width=1.0) -> list:
   """The seed document's CNN: two conv/pool blocks, a 128-unit layer, dropout, logits.
   About 15.4 MFLOP per training image."""
-  return (_conv(32, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
-          _conv(64, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
-          _head(128, num_classes, dropout_rate, dtype))
+  c1, c2, units = _widths(width, 32, 64, 128)
+  return (_conv(c1, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
+          _conv(c2, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
+          _head(units, num_classes, dropout_rate, dtype))
 
 
-def fast_cnn(num_classes, dtype=None, dropout_rate=0.0, batch_norm=False) -> list:
+def fast_cnn(num_classes, dtype=None, dropout_rate=0.0, batch_norm=False, width=1.0) -> list:
   """A small CNN for time-to-99% (5x5 conv 24, 3x3 conv 32, fc 256): about half the
   seed CNN's FLOPs, after a well-known one-epoch MNIST speed study."""
-  return (_conv(24, 5, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
-          _conv(32, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
-          _head(256, num_classes, dropout_rate, dtype))
+  c1, c2, units = _widths(width, 24, 32, 256)
+  return (_conv(c1, 5, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
+          _conv(c2, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
+          _head(units, num_classes, dropout_rate, dtype))
 
 
-def wide_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True) -> list:
+def wide_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True, width=1.0) -> list:
   """Two double-conv blocks (32, 64) and a 256-unit layer: for the best single-model
   accuracy with augmentation; about 4x the seed CNN's FLOPs."""
   pool = lambda: [keras.layers.MaxPooling2D(2, dtype=dtype)]
-  return (_conv(32, 3, batch_norm, dtype) + _conv(32, 3, batch_norm, dtype) + pool() +
-          _conv(64, 3, batch_norm, dtype) + _conv(64, 3, batch_norm, dtype) + pool() +
-          _head(256, num_classes, dropout_rate, dtype))
+  c1, c2, units = _widths(width, 32, 64, 256)
+  return (_conv(c1, 3, batch_norm, dtype) + _conv(c1, 3, batch_norm, dtype) + pool() +
+          _conv(c2, 3, batch_norm, dtype) + _conv(c2, 3, batch_norm, dtype) + pool() +
+          _head(units, num_classes, dropout_rate, dtype))
 
 
-def strided_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True) -> list:
+def strided_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True,
+                width=1.0) -> list:
   """Two blocks of conv 3x3, conv 3x3 and a stride-2 5x5 conv (learned downsampling
   in place of max-pooling), dropout after each block, a 4x4 conv to 128 and the
   logits; after C. Deotte's Kaggle MNIST architecture study. About 1.5x wide_cnn's
@@ -61,7 +70,8 @@ def strided_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True) -> l
   def block(filters):
     return (_conv(filters, 3, batch_norm, dtype) + _conv(filters, 3, batch_norm, dtype) +
             _conv(filters, 5, batch_norm, dtype, padding='same', strides=2) + drop())
-  return (block(32) + block(64) + _conv(128, 4, batch_norm, dtype) +  # 28 -> 12 -> 4 -> 1.
+  c1, c2, c3 = _widths(width, 32, 64, 128)
+  return (block(c1) + block(c2) + _conv(c3, 4, batch_norm, dtype) +  # 28 -> 12 -> 4 -> 1.
           [keras.layers.Flatten(dtype=dtype)] + drop() +
           [keras.layers.Dense(num_classes, dtype=dtype)])
 
@@ -72,19 +82,21 @@ MODELS = {'seed_cnn': seed_cnn, 'fast_cnn': fast_cnn, 'wide_cnn': wide_cnn,
 
 def build_model(name: str = 'seed_cnn', input_shape=(28, 28, 1), num_classes: int = 10,
                 precision: str = 'float32', dropout_rate: float = 0.5,
-                batch_norm: bool = False, augmentation: Sequence = ()) -> keras.Model:
+                batch_norm: bool = False, width: float = 1.0,
+                augmentation: Sequence = ()) -> keras.Model:
   """A built Keras model that maps float32 images in [0, 1] to logits.
 
   The dtype policy is passed to each layer rather than set globally, so two
   models of different precision can live in one process (as tests do). Logits
-  come out in the compute dtype; the loss casts them to float32. `augmentation`:
-  training-only layers (mnist/augment.py) that run first.
+  come out in the compute dtype; the loss casts them to float32. `width` scales
+  every conv's and hidden dense layer's channels. `augmentation`: training-only
+  layers (mnist/augment.py) that run first.
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r}; known: {", ".join(MODELS)}.')
   policy = keras.DTypePolicy(precision)
   layers = MODELS[name](num_classes, dtype=policy, dropout_rate=dropout_rate,
-                        batch_norm=batch_norm)
+                        batch_norm=batch_norm, width=width)
   return keras.Sequential([keras.Input(shape=input_shape), *augmentation, *layers], name=name)
 
 
@@ -93,6 +105,7 @@ def build_from_config(config, input_shape, num_classes, precision=None) -> keras
   return build_model(config.model, input_shape=input_shape, num_classes=num_classes,
                      precision=precision or config.mixed_precision,
                      dropout_rate=config.dropout_rate, batch_norm=config.batch_norm,
+                     width=config.width,
                      augmentation=augment_lib.augmentation_layers(
                          config.augment_shift_pixels, config.augment_rotation_degrees,
                          config.augment_zoom, config.augment_elastic_alpha,

@@ -1,5 +1,6 @@
 """Flag validation: clear messages, before TensorFlow does any work."""
 import os
+import re
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from conftest import REPO
     ({'cpu_devices': 2}, 'only makes sense with --strategy=mirrored'),
     ({'learning_rate': 0.0}, '--learning_rate must be > 0'),
     ({'dropout_rate': 1.0}, '--dropout_rate must be in [0, 1)'),
+    ({'width': 0.0}, '--width must be in (0, 16]'),
     ({'augment_shift_pixels': -1.0}, '--augment_shift_pixels must be in [0, 14)'),
     ({'augment_zoom': 1.0}, '--augment_zoom must be in [0, 1)'),
     ({'augment_elastic_sigma': 0.0}, '--augment_elastic_sigma must be > 0'),
@@ -29,7 +31,7 @@ from conftest import REPO
     ({'checkpoint_every_steps': -1}, '--checkpoint_every_steps must be >= 0'),
 ])
 def test_invalid_config_names_the_problem(changes, message):
-  with pytest.raises(errors.ConfigError, match=message.replace('[', r'\[').replace(')', r'\)')):
+  with pytest.raises(errors.ConfigError, match=re.escape(message)):
     config_lib.TrainConfig(**changes).validate()
 
 

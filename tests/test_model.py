@@ -60,3 +60,15 @@ def test_strided_cnn_drops_after_each_block_and_checkpoints_every_dropout_state(
   generator_states = {id(layer.seed_generator.state) for layer in dropouts}
   assert len(generator_states) == 3
   assert generator_states <= {id(v) for v in model_lib.rng_state_variables(model)}
+
+
+@pytest.mark.parametrize('name', ['seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn'])
+def test_width_scales_every_hidden_layer_and_keeps_the_logits(name):
+  def channels(model):
+    return [layer.filters if isinstance(layer, keras.layers.Conv2D) else layer.units
+            for layer in model.layers
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+  base = channels(model_lib.build_model(name))
+  wide = model_lib.build_model(name, width=1.5)
+  assert channels(wide) == [round(c * 1.5) for c in base[:-1]] + [10]
+  assert wide(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
