@@ -29,12 +29,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   def call(self, inputs, training=None, mask=None):
     if mask is not None:
       raise ValueError('FusedBatchNormalization does not take a mask.')
-    if training and self.trainable:
-      outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-          inputs, self.gamma, self.beta, mean=self.moving_mean,
-          variance=self.moving_variance, epsilon=self.epsilon, is_training=True,
-          # The kernel returns the updated moving averages directly.
-          exponential_avg_factor=1.0 - self.momentum)
+    training = bool(training) and self.trainable
+    # Training: normalise with the batch's statistics, and the kernel returns the
+    # updated moving averages. Inference: normalise with the moving averages.
+    outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        inputs, self.gamma, self.beta, mean=self.moving_mean,
+        variance=self.moving_variance, epsilon=self.epsilon, is_training=training,
+        exponential_avg_factor=1.0 - self.momentum if training else 1.0)
+    if training:
       replica = tf.distribute.get_replica_context()
       if replica is not None and replica.num_replicas_in_sync > 1:
         # Keras creates the averages unaggregated, so each replica would keep its
@@ -42,8 +44,4 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         mean, variance = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [mean, variance])
       self.moving_mean.assign(mean)
       self.moving_variance.assign(variance)
-    else:
-      outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-          inputs, self.gamma, self.beta, mean=self.moving_mean,
-          variance=self.moving_variance, epsilon=self.epsilon, is_training=False)
     return tf.cast(outputs, self.compute_dtype)
