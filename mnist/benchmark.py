@@ -57,7 +57,8 @@ def _measure_ours(config, strategy, splits, steps_per_epoch):
     step_fn = make_input_steps(strategy)
   else:
     state = train.create_state(tc, splits, strategy)
-    step_fn = train.make_train_steps(state, strategy, tc.batch_size, tc.jit_compile)
+    step_fn = train.make_train_steps(state, strategy, tc.batch_size, tc.jit_compile,
+                                     label_smoothing=tc.label_smoothing, sam_rho=tc.sam_rho)
   if config.synthetic_data:
     batch = synthetic_batch(strategy, tc.batch_size, splits, tc.seed)
     make_feed = lambda first_epoch: _SyntheticFeed(batch)

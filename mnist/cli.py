@@ -86,6 +86,10 @@ def define_train_flags():
   flags.DEFINE_float('ema_momentum', d.ema_momentum,
                      'If > 0, keep an exponential moving average of the weights with this '
                      'momentum and evaluate (and export) it.')
+  flags.DEFINE_float('sam_rho', d.sam_rho,
+                     'If > 0, sharpness-aware minimisation (SAM): each step takes the '
+                     'gradient at the weights moved this far (L2) up the gradient, so it '
+                     'costs two forward and backward passes. Per replica. 0: off.')
   flags.DEFINE_float('dropout_rate', d.dropout_rate,
                      'Dropout before the logits layer (strided_cnn: also after each block).')
   flags.DEFINE_integer('seed', d.seed, 'Seed for weights, dropout and the shuffle order.')

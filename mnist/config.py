@@ -50,6 +50,7 @@ class TrainConfig:
   weight_decay: float = 0.0  # Decoupled (AdamW-style), kernels only; 0: off.
   label_smoothing: float = 0.0
   ema_momentum: float = 0.0  # > 0: evaluate an exponential moving average of the weights.
+  sam_rho: float = 0.0  # > 0: sharpness-aware minimisation radius; 0: off.
   dropout_rate: float = 0.5
   seed: int = 0
   strategy: str = 'default'
@@ -118,6 +119,7 @@ class TrainConfig:
           f'--weight_decay must be in [0, 1) (0: off), got {self.weight_decay}.')
     check(0 <= self.label_smoothing < 1,
           f'--label_smoothing must be in [0, 1), got {self.label_smoothing}.')
+    check(self.sam_rho >= 0, f'--sam_rho must be >= 0 (0: off), got {self.sam_rho}.')
     check(0 <= self.ema_momentum < 1,
           f'--ema_momentum must be in [0, 1) (0: off), got {self.ema_momentum}.')
     for name, limit in (('augment_shift_pixels', 14), ('augment_rotation_degrees', 180),

@@ -63,13 +63,15 @@ def create_state(config: config_lib.TrainConfig, splits: data.Splits,
 
 def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
                      global_batch_size: int, jit_compile: bool = False,
-                     stop_on_nonfinite: bool = True, label_smoothing: float = 0.0):
+                     stop_on_nonfinite: bool = True, label_smoothing: float = 0.0,
+                     sam_rho: float = 0.0):
   """Returns train_steps(iterator, num_steps) -> (summed [loss, correct, count] of the
   applied steps, batches consumed, non-finite steps skipped).
 
   A step whose loss or gradient norm is not finite is never applied. With
   stop_on_nonfinite the loop ends at that batch (consumed < num_steps) so the
-  caller can name the step; otherwise it is skipped and counted.
+  caller can name the step; otherwise it is skipped and counted. sam_rho > 0:
+  sharpness-aware minimisation (Foret et al. 2021), two passes per step.
   """
   local_devices = (strategy.extended.worker_devices
                    if jit_compile and strategy.num_replicas_in_sync > 1 else ())
@@ -86,17 +88,40 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
   # them and lowers the scale itself. Only a non-finite loss is divergence there.
   check_grads = not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
+  def scaled_loss_and_stats(logits, labels):
+    losses, stats = losses_lib.per_example_stats(logits, labels,
+                                                 label_smoothing=label_smoothing)
+    # Divide by the global batch, not the replica's: the optimizer sums the
+    # replicas' gradients, so N replicas train exactly like one device.
+    loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
+    return loss, optimizer.scale_loss(loss), stats  # Identity unless LossScaleOptimizer.
+
+  def sharpness_aware_grads(grads, images, labels, non_trainable_before):
+    """The gradient at the weights moved sam_rho along the normalised gradient,
+    through stateless_call: no variable is written. Given the non-trainable state
+    from before the first pass (random-generator states, batch-norm averages), it
+    draws the same augmentation and dropout; its batch-norm updates are dropped.
+    Per replica: each moves along its own gradient."""
+    scale = sam_rho / (tf.linalg.global_norm(grads) + 1e-12)  # Loss scale cancels.
+    perturbed = [v.value + tf.cast(g, v.dtype) * scale
+                 for v, g in zip(model.trainable_variables, grads)]
+    with tf.GradientTape() as tape:
+      tape.watch(perturbed)
+      logits, _ = model.stateless_call(perturbed, non_trainable_before, images,
+                                        training=True)
+      _, scaled_loss, _ = scaled_loss_and_stats(logits, labels)
+    return tape.gradient(scaled_loss, perturbed)
+
   @tf.function(jit_compile=jit_compile)
   def replica_grads(images, labels):
+    non_trainable_before = ([tf.identity(v.value) for v in model.non_trainable_variables]
+                            if sam_rho else None)
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
-      losses, stats = losses_lib.per_example_stats(logits, labels,
-                                                   label_smoothing=label_smoothing)
-      # Divide by the global batch, not the replica's: the optimizer sums the
-      # replicas' gradients, so N replicas train exactly like one device.
-      loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
-      scaled_loss = optimizer.scale_loss(loss)  # Identity unless LossScaleOptimizer.
+      loss, scaled_loss, stats = scaled_loss_and_stats(logits, labels)
     grads = tape.gradient(scaled_loss, model.trainable_variables)
+    if sam_rho:
+      grads = sharpness_aware_grads(grads, images, labels, non_trainable_before)
     finite = tf.math.is_finite(loss)
     if check_grads:
       finite &= tf.math.is_finite(tf.linalg.global_norm(grads))
@@ -333,7 +358,8 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
       os.path.join(config.model_dir, 'validation' if splits.validation else 'eval'))
   train_steps = make_train_steps(state, strategy, config.batch_size, config.jit_compile,
                                  stop_on_nonfinite=config.nan_policy == 'stop',
-                                 label_smoothing=config.label_smoothing)
+                                 label_smoothing=config.label_smoothing,
+                                 sam_rho=config.sam_rho)
   eval_step = make_eval_step(state.model, strategy)
   extras = summaries.start_run(config, state.model, strategy, splits, train_writer,
                                eval_writer, int(state.step))

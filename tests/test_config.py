@@ -23,6 +23,7 @@ from conftest import REPO
     ({'learning_rate': 0.0}, '--learning_rate must be > 0'),
     ({'dropout_rate': 1.0}, '--dropout_rate must be in [0, 1)'),
     ({'width': 0.0}, '--width must be in (0, 16]'),
+    ({'sam_rho': -0.05}, '--sam_rho must be >= 0'),
     ({'augment_shift_pixels': -1.0}, '--augment_shift_pixels must be in [0, 14)'),
     ({'augment_zoom': 1.0}, '--augment_zoom must be in [0, 1)'),
     ({'augment_elastic_sigma': 0.0}, '--augment_elastic_sigma must be > 0'),

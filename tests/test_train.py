@@ -3,6 +3,7 @@ import dataclasses
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +15,7 @@ from mnist import data
 from mnist import errors
 from mnist import evaluate
 from mnist import inference
+from mnist import losses as losses_lib
 from mnist import model as model_lib
 from mnist import optim
 from mnist import train
@@ -95,6 +97,59 @@ def test_two_replicas_train_exactly_like_one_device(tmp_path, splits, mirrored2)
   assert two_eval['loss'] == pytest.approx(one_eval['loss'], rel=1e-4)
 
 
+def _one_sgd_step(config, splits, sam_rho):
+  """(weights before, their change, the batch) for one train step with SGD at
+  learning rate 1, which moves the weights by exactly minus the gradient."""
+  strategy = tf.distribute.get_strategy()
+  state = train.create_state(config, splits, strategy)
+  state = dataclasses.replace(state, optimizer=keras.optimizers.SGD(learning_rate=1.0))
+  state.optimizer.build(state.model.trainable_variables)
+  before = [v.numpy() for v in state.model.trainable_variables]
+  batch = next(iter(data.train_pipeline(splits.train.cache(), splits.num_train,
+                                        config.batch_size, config.seed, epoch=0)))
+  steps = train.make_train_steps(state, strategy, config.batch_size, sam_rho=sam_rho)
+  steps(iter(tf.data.Dataset.from_tensors(batch)), tf.constant(1))
+  change = [v.numpy() - b for v, b in zip(state.model.trainable_variables, before)]
+  return state.model, before, change, batch
+
+
+def test_sam_takes_the_gradient_at_the_weights_moved_rho_up_the_gradient(tmp_path, splits):
+  config = _config(tmp_path, model='seed_cnn', batch_norm=True, dropout_rate=0.0)
+  model, before, change, (images, labels) = _one_sgd_step(config, splits, sam_rho=0.5)
+
+  def gradient_at(weights):
+    for variable, value in zip(model.trainable_variables, weights):
+      variable.assign(value)
+    with tf.GradientTape() as tape:
+      losses, _ = losses_lib.per_example_stats(model(images, training=True), labels)
+      loss = tf.reduce_sum(losses) / config.batch_size
+    return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+  gradient = gradient_at(before)
+  norm = np.sqrt(sum(np.sum(g ** 2) for g in gradient))
+  expected = gradient_at([w + 0.5 * g / norm for w, g in zip(before, gradient)])
+  for got, want in zip(change, expected):
+    np.testing.assert_allclose(-got, want, rtol=1e-3, atol=1e-5)
+  assert max(np.max(np.abs(e - g)) for e, g in zip(expected, gradient)) > 1e-3  # Not SGD.
+
+
+def test_sam_second_pass_reuses_the_first_pass_augmentation_and_dropout(tmp_path, splits):
+  # With a tiny radius the gradient does not move, but only if both passes see the
+  # same augmented images and dropout masks. (Batch norm: a conv bias starts at 0,
+  # and on the zeros augmentation brings in it would sit on ReLU's kink.)
+  config = _config(tmp_path, model='seed_cnn', batch_norm=True, augment=True,
+                   dropout_rate=0.5)
+  _, _, plain, _ = _one_sgd_step(config, splits, sam_rho=0.0)
+  _, _, sam, _ = _one_sgd_step(config, splits, sam_rho=1e-7)
+  for s, p in zip(sam, plain):
+    np.testing.assert_allclose(s, p, rtol=0, atol=1e-4 * np.max(np.abs(p)))
+
+
+def test_sam_trains_under_two_replicas(tmp_path, splits, mirrored2):
+  results = train.run(_config(tmp_path, epochs=2, batch_norm=True, sam_rho=0.05),
+                      datasets_override=splits, strategy_override=mirrored2)
+  assert results['num_replicas'] == 2 and results['test_accuracy'] > 0.5
+
+
 def test_mirrored_run_scores_every_eval_example_with_an_uneven_last_batch(tmp_path,
                                                                            mirrored2):
   splits = synthetic_splits(num_train=256, num_eval=301)
@@ -107,6 +162,8 @@ def test_mirrored_run_scores_every_eval_example_with_an_uneven_last_batch(tmp_pa
     {'mixed_precision': 'mixed_float16'},
     {'mixed_precision': 'mixed_bfloat16'},
     {'jit_compile': True},
+    {'sam_rho': 0.05, 'mixed_precision': 'mixed_float16'},  # Through the loss scale.
+    {'sam_rho': 0.05, 'jit_compile': True},
 ])
 def test_precision_and_xla_paths_train_on_cpu(tmp_path, splits, changes):
   results = train.run(_config(tmp_path, epochs=2, **changes), datasets_override=splits)
