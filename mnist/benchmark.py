@@ -24,17 +24,18 @@ SUM = tf.distribute.ReduceOp.SUM
 
 
 def run(config: benchmark_config.BenchmarkConfig,
-        datasets_override: Optional[data.Splits] = None) -> dict:
+        datasets_override: Optional[data.Splits] = None,
+        strategy_override: Optional[tf.distribute.Strategy] = None) -> dict:
   """Measures one side (ours, or Keras fit for role keras_fit) in this process.
 
-  Tests pass `datasets_override`, as they do to train.run.
+  Tests pass `datasets_override` and `strategy_override`, as they do to train.run.
   """
   config.validate()
   tc = config.train
   runtime.apply_threading(config.runtime)
   if tc.deterministic:  # As training does.
     tf.config.experimental.enable_op_determinism()
-  strategy = distribute.strategy_from_config(tc)  # As training builds it.
+  strategy = strategy_override or distribute.strategy_from_config(tc)  # As training does.
   config_lib.check_divisible(tc, strategy.num_replicas_in_sync)
   splits = datasets_override or data.load_splits(
       tc.dataset, tc.train_split, tc.eval_split, tc.data_dir, tc.tfds_manual_dir)

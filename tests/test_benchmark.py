@@ -94,9 +94,13 @@ def _config(**changes):
     {'synthetic_data': True, 'train': {'strategy': 'mirrored', 'cpu_devices': 2}},
     {'input_only': True, 'train': {'steps_per_loop': 2}},
 ], ids=['ours', 'synthetic', 'synthetic_mirrored', 'input_only'])
-def test_windows_report_every_statistic_as_json(changes, capsys):
+def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
   config = _config(**changes)
-  result = json.loads(json.dumps(benchmark.run(config, datasets_override=synthetic_splits())))
+  # The session's strategy: a second one over the same devices would reuse its
+  # collective keys (conftest.mirrored2).
+  strategy = mirrored2 if config.train.strategy == 'mirrored' else None
+  result = json.loads(json.dumps(benchmark.run(config, datasets_override=synthetic_splits(),
+                                               strategy_override=strategy)))
   assert STATS_KEYS <= set(result)
   assert len(result['window_seconds']) == len(result['window_images_per_sec']) == 2
   settings = result['settings']

@@ -98,8 +98,8 @@ def test_two_replicas_train_exactly_like_one_device(tmp_path, splits, mirrored2)
 
 
 def _one_sgd_step(config, splits, sam_rho):
-  """(weights before, their change, the batch) for one train step with SGD at
-  learning rate 1, which moves the weights by exactly minus the gradient."""
+  """(model, weights before, their change, the batch) for one train step with SGD
+  at learning rate 1, which moves the weights by exactly minus the gradient."""
   strategy = tf.distribute.get_strategy()
   state = train.create_state(config, splits, strategy)
   state = dataclasses.replace(state, optimizer=keras.optimizers.SGD(learning_rate=1.0))
