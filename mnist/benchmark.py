@@ -3,7 +3,7 @@
 `run(config)` prints a settings header, one line per window or epoch, the
 images/s statistics, and returns everything as a dict (the script prints it as
 JSON). It reuses the training code: `distribute.make_strategy`, `data.train_pipeline`,
-`train.create_state` and `train.make_train_steps`, so it times what training runs.
+`train.create_state` and `train.train_steps_for`, so it times what training runs.
 """
 import time
 from typing import Optional
@@ -58,8 +58,7 @@ def _measure_ours(config, strategy, splits, steps_per_epoch):
     step_fn = make_input_steps(strategy)
   else:
     state = train.create_state(tc, splits, strategy)
-    step_fn = train.make_train_steps(state, strategy, tc.batch_size, tc.jit_compile,
-                                     label_smoothing=tc.label_smoothing, sam_rho=tc.sam_rho)
+    step_fn = train.train_steps_for(tc, state, strategy)
   if config.synthetic_data:
     batch = synthetic_batch(strategy, tc.batch_size, splits, tc.seed)
     make_feed = lambda first_epoch: _SyntheticFeed(batch)

@@ -150,6 +150,15 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
   return train_steps
 
 
+def train_steps_for(config: config_lib.TrainConfig, state: TrainState,
+                    strategy: tf.distribute.Strategy):
+  """make_train_steps with the config's settings: what training runs and what
+  benchmark.py times."""
+  return make_train_steps(state, strategy, config.batch_size, config.jit_compile,
+                          stop_on_nonfinite=config.nan_policy == 'stop',
+                          label_smoothing=config.label_smoothing, sam_rho=config.sam_rho)
+
+
 def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy):
   """Returns eval_step(images, labels, weights) -> summed [loss, correct, count]."""
   @tf.function
@@ -356,10 +365,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   train_writer = writer(os.path.join(config.model_dir, 'train'))
   eval_writer = writer(
       os.path.join(config.model_dir, 'validation' if splits.validation else 'eval'))
-  train_steps = make_train_steps(state, strategy, config.batch_size, config.jit_compile,
-                                 stop_on_nonfinite=config.nan_policy == 'stop',
-                                 label_smoothing=config.label_smoothing,
-                                 sam_rho=config.sam_rho)
+  train_steps = train_steps_for(config, state, strategy)
   eval_step = make_eval_step(state.model, strategy)
   extras = summaries.start_run(config, state.model, strategy, splits, train_writer,
                                eval_writer, int(state.step))
