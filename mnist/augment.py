@@ -76,6 +76,38 @@ class RandomDistortion(keras.layers.Layer):
             'seed': self.seed}
 
 
+class RandomCutout(keras.layers.Layer):
+  """Zeroes one `size` x `size` square per image, centred uniformly over the image
+  (DeVries & Taylor 2017, 'cutout'); near a border part of the square falls outside,
+  so less is erased. Acts only when training, like RandomDistortion."""
+
+  def __init__(self, size, seed=None, **kwargs):
+    super().__init__(**kwargs)
+    self.size, self.seed = size, seed
+    self.seed_generator = keras.random.SeedGenerator(seed)
+
+  def call(self, images, training=None):
+    if not training:
+      return images
+    batch, height, width, _ = keras.ops.shape(images)
+    def centre(extent):  # One per image, broadcast over (row, column).
+      return keras.random.uniform((batch, 1, 1), 0.0, extent, seed=self.seed_generator)
+    centre_y, centre_x = centre(height), centre(width)
+    # Pixel i covers [i, i + 1); the square holds the pixels whose centres are within
+    # size / 2 of its centre on both axes: `size` of them per axis away from borders.
+    rows = keras.ops.reshape(keras.ops.arange(height, dtype='float32') + 0.5, (1, -1, 1))
+    columns = keras.ops.reshape(keras.ops.arange(width, dtype='float32') + 0.5, (1, 1, -1))
+    erased = ((keras.ops.abs(rows - centre_y) < self.size / 2) &
+              (keras.ops.abs(columns - centre_x) < self.size / 2))
+    return images * keras.ops.cast(~erased, images.dtype)[..., None]
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    return {**super().get_config(), 'size': self.size, 'seed': self.seed}
+
+
 def _bilinear_sample(images, source_y, source_x):
   """images (batch, height, width, channels) read at (batch, height, width) fractional
   source positions, bilinearly; zero outside the image.
@@ -102,13 +134,16 @@ def _bilinear_sample(images, source_y, source_x):
 
 
 def augmentation_layers(shift_pixels=2.0, rotation_degrees=10.0, zoom=0.1, elastic_alpha=0.0,
-                        elastic_sigma=4.0, seed=None) -> list:
+                        elastic_sigma=4.0, seed=None, cutout_pixels=0) -> list:
   """The training-time augmentation for these sizes: [] when every size is 0.
 
-  The defaults (±2 px, ±10°, ±10%, no elastic distortion) are MNIST-style small
-  distortions.
+  The defaults (±2 px, ±10°, ±10%, no elastic distortion, no cutout) are MNIST-style
+  small distortions. Cutout comes after the distortion, so its square stays square.
   """
-  if not (shift_pixels or rotation_degrees or zoom or elastic_alpha):
-    return []
-  return [RandomDistortion(shift_pixels, rotation_degrees, zoom, elastic_alpha, elastic_sigma,
-                           seed=seed)]
+  layers = []
+  if shift_pixels or rotation_degrees or zoom or elastic_alpha:
+    layers.append(RandomDistortion(shift_pixels, rotation_degrees, zoom, elastic_alpha,
+                                   elastic_sigma, seed=seed))
+  if cutout_pixels:
+    layers.append(RandomCutout(cutout_pixels, seed=None if seed is None else seed + 1))
+  return layers

@@ -72,6 +72,10 @@ def define_train_flags():
                      'used 34 with --augment_elastic_sigma=4.')
   flags.DEFINE_float('augment_elastic_sigma', d.augment_elastic_sigma,
                      'Smoothness of the elastic distortion: the Gaussian sigma in pixels.')
+  flags.DEFINE_integer('augment_cutout_pixels', d.augment_cutout_pixels,
+                       'With --augment: after the distortion, zero a square of this side '
+                       '(pixels) at a random centre in each image (cutout, DeVries & Taylor '
+                       '2017); 0: off.')
   flags.DEFINE_string('lr_schedule', d.lr_schedule,
                       'Learning-rate schedule over all --epochs: ' +
                       ', '.join(config_lib.SCHEDULES) + '. --learning_rate is the peak.')

@@ -13,7 +13,8 @@ STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker', 'tpu')
 COLLECTIVE_COMMUNICATIONS = ('auto', 'ring', 'nccl')
 PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')
 NAN_POLICIES = ('stop', 'skip_step')
-MODELS = ('seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn')  # mnist/model.py builds them.
+# mnist/model.py builds them.
+MODELS = ('seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn', 'deep_cnn')
 SCHEDULES = ('constant', 'one_cycle', 'warmup_cosine')
 
 
@@ -42,6 +43,7 @@ class TrainConfig:
   augment_zoom: float = 0.1  # Fraction of the image size.
   augment_elastic_alpha: float = 0.0  # Elastic distortion, in pixels; 0: off.
   augment_elastic_sigma: float = 4.0  # Its smoothness, in pixels.
+  augment_cutout_pixels: int = 0  # Side of a square zeroed per image (cutout); 0: off.
   learning_rate: float = 1e-3  # Adam; the peak of a schedule.
   lr_schedule: str = 'constant'
   warmup_fraction: float = 0.2  # Of all steps, for one_cycle and warmup_cosine.
@@ -123,7 +125,8 @@ class TrainConfig:
     check(0 <= self.ema_momentum < 1,
           f'--ema_momentum must be in [0, 1) (0: off), got {self.ema_momentum}.')
     for name, limit in (('augment_shift_pixels', 14), ('augment_rotation_degrees', 180),
-                        ('augment_zoom', 1), ('augment_elastic_alpha', 100)):
+                        ('augment_zoom', 1), ('augment_elastic_alpha', 100),
+                        ('augment_cutout_pixels', 28)):
       check(0 <= getattr(self, name) < limit,
             f'--{name} must be in [0, {limit}), got {getattr(self, name)}.')
     check(self.augment_elastic_sigma > 0,

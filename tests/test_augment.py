@@ -120,3 +120,32 @@ def test_config_builds_the_augmentation_it_names():
   assert not any(isinstance(layer, augment.RandomDistortion) for layer in
                  model_lib.build_from_config(config.replace(augment=False), (28, 28, 1),
                                              10).layers)
+
+
+def test_cutout_zeroes_one_square_per_image_only_when_training():
+  keras.utils.set_random_seed(0)
+  layer = augment.RandomCutout(8)
+  images = np.ones((256, 28, 28, 1), np.float32)
+  np.testing.assert_array_equal(layer(images, training=False), images)
+  erased = keras.ops.convert_to_numpy(layer(images, training=True))[..., 0] == 0
+  counts = erased.sum(axis=(1, 2))
+  for image, count in zip(erased, counts):  # One axis-aligned rectangle, at most 8x8.
+    rows, columns = np.nonzero(image.any(axis=1))[0], np.nonzero(image.any(axis=0))[0]
+    assert len(rows) <= 8 and len(columns) <= 8
+    assert count == len(rows) * len(columns)
+  assert (counts == 64).mean() > 0.3  # Centres away from the borders erase all 64.
+  assert 0 < counts.min() < 64  # Squares centred near a border are cut off by it.
+  centres = [np.argwhere(image).mean(axis=0) for image in erased]
+  assert np.ptp(centres, axis=0).min() > 20  # Centres spread over the whole image.
+
+
+def test_config_adds_cutout_after_the_distortion_with_its_own_checkpointed_rng():
+  config = config_lib.TrainConfig(augment=True, augment_cutout_pixels=6)
+  model = model_lib.build_from_config(config, (28, 28, 1), 10)
+  distortion, cutout = model.layers[:2]
+  assert isinstance(distortion, augment.RandomDistortion)
+  assert isinstance(cutout, augment.RandomCutout) and cutout.size == 6
+  assert id(cutout.seed_generator.state) in {
+      id(v) for v in model_lib.rng_state_variables(model)}
+  only_cutout = augment.augmentation_layers(0, 0, 0, cutout_pixels=6)
+  assert [type(layer) for layer in only_cutout] == [augment.RandomCutout]

@@ -27,6 +27,7 @@ from conftest import REPO
     ({'augment_shift_pixels': -1.0}, '--augment_shift_pixels must be in [0, 14)'),
     ({'augment_zoom': 1.0}, '--augment_zoom must be in [0, 1)'),
     ({'augment_elastic_sigma': 0.0}, '--augment_elastic_sigma must be > 0'),
+    ({'augment_cutout_pixels': 28}, '--augment_cutout_pixels must be in [0, 28)'),
     ({'deterministic': True, 'jit_compile': True}, 'cannot be combined with --jit_compile'),
     ({'nan_policy': 'ignore'}, '--nan_policy must be one of'),
     ({'checkpoint_every_steps': -1}, '--checkpoint_every_steps must be >= 0'),

@@ -40,7 +40,7 @@ def test_unknown_model_is_rejected():
     model_lib.build_model('resnet_1000')
 
 
-@pytest.mark.parametrize('name', ['fast_cnn', 'wide_cnn', 'strided_cnn'])
+@pytest.mark.parametrize('name', ['fast_cnn', 'wide_cnn', 'strided_cnn', 'deep_cnn'])
 def test_model_variants_map_images_to_logits(name):
   model = model_lib.build_model(name, batch_norm=True)
   assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
@@ -50,6 +50,15 @@ def test_model_variants_map_images_to_logits(name):
 def test_batch_norm_is_off_by_default_for_the_seed_cnn():
   assert not any(isinstance(layer, keras.layers.BatchNormalization)
                  for layer in model_lib.build_model().layers)
+
+
+def test_deep_cnn_never_pools_and_shrinks_by_two_pixels_per_conv():
+  model = model_lib.build_model('deep_cnn', batch_norm=True)
+  convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+  assert [layer.filters for layer in convs] == list(range(32, 177, 16))
+  assert all(layer.kernel_size == (3, 3) and layer.strides == (1, 1) for layer in convs)
+  assert not any(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers)
+  assert convs[-1].output.shape == (None, 8, 8, 176)  # 28 - 10 * 2.
 
 
 def test_strided_cnn_drops_after_each_block_and_checkpoints_every_dropout_state():
@@ -62,7 +71,8 @@ def test_strided_cnn_drops_after_each_block_and_checkpoints_every_dropout_state(
   assert generator_states <= {id(v) for v in model_lib.rng_state_variables(model)}
 
 
-@pytest.mark.parametrize('name', ['seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn'])
+@pytest.mark.parametrize('name', ['seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn',
+                                  'deep_cnn'])
 def test_width_scales_every_hidden_layer_and_keeps_the_logits(name):
   def channels(model):
     return [layer.filters if isinstance(layer, keras.layers.Conv2D) else layer.units
