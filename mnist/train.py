@@ -19,6 +19,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from mnist import checkpoints
 from mnist import config as config_lib
 from mnist import data
 from mnist import distribute
@@ -180,20 +181,11 @@ def evaluate(eval_step, dataset) -> dict:
           'examples': int(round(count))}
 
 
-def _restore(state: TrainState, manager: tf.train.CheckpointManager):
-  """Restores the latest checkpoint, refusing a partial match."""
-  path = manager.latest_checkpoint
-  if not path:
-    return
-  try:
-    state.checkpoint().restore(path).assert_consumed()
-  except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:  # IndexError:
-    # a truncated checkpoint file.
-    raise errors.CheckpointError(
-        f'The checkpoint {path} does not match this model and flags (a different model, '
-        f'precision or optimizer?). Use a new --model_dir or the original flags. '
-        f'Details: {errors.first_line(e)}') from None
-  logging.info('Restored %s: epoch %d, step %d.', path, int(state.epoch), int(state.step))
+def _restore(state: TrainState, manager: '_ChiefCheckpointManager'):
+  """Resumes from the newest intact checkpoint, refusing a partial match."""
+  path = manager.restore()
+  if path:
+    logging.info('Restored %s: epoch %d, step %d.', path, int(state.epoch), int(state.step))
 
 
 def _check_model_dir(model_dir: str):
@@ -266,14 +258,26 @@ class _ChiefCheckpointManager:
     self._checkpoint = checkpoint
     self._manager = (tf.train.CheckpointManager(checkpoint, directory, max_to_keep)
                      if chief else None)
+    # Not the manager's latest: after resuming past a damaged checkpoint that one
+    # stays the latest in the state file until the next save.
+    self._latest_intact = None
 
   @property
   def latest_checkpoint(self) -> Optional[str]:
-    if self._chief:
-      return self._manager.latest_checkpoint
-    return tf.train.latest_checkpoint(self.directory)
+    """The newest checkpoint known to be intact: the one resumed from, or saved since."""
+    return self._latest_intact
+
+  def restore(self) -> Optional[str]:
+    """Restores the newest intact checkpoint of the chief's directory: the same one on
+    every worker, as the choice depends only on those files."""
+    self._latest_intact = checkpoints.restore(self._checkpoint, self.directory)
+    return self._latest_intact
 
   def save(self, checkpoint_number: int) -> str:
+    self._latest_intact = self._write(checkpoint_number)
+    return self._latest_intact
+
+  def _write(self, checkpoint_number: int) -> str:
     if self._chief:
       return self._manager.save(checkpoint_number=checkpoint_number)
     write_dir = tempfile.mkdtemp(prefix='mnist_worker_checkpoint_')

@@ -1,0 +1,90 @@
+"""Choosing the checkpoint to resume from: the newest intact one.
+
+A damaged checkpoint (truncated, a flipped byte, a missing file) is not a
+mismatched one: it is skipped with a warning and an older intact checkpoint is
+resumed from, while a checkpoint that reads back whole but does not fit the model
+is refused. Every tensor is read back first, so TensorFlow checks each one against
+the crc32c its .index holds; only then is the checkpoint restored, and a failure
+at that point can only be a mismatch.
+
+The choice depends only on the files (the directory's `checkpoint` state file and
+the checkpoints it lists), so every worker of a multi-worker run, reading the
+chief's directory, resumes from the same checkpoint.
+"""
+import os
+from typing import Dict, List, Optional, Tuple
+
+from absl import logging
+import tensorflow as tf
+
+from mnist import errors
+
+
+def newest_first(directory: str) -> List[str]:
+  """The checkpoints the state file lists, newest (the latest) first, then in
+  reverse order of saving: the order CheckpointManager recorded them in."""
+  state = tf.train.get_checkpoint_state(directory)
+  if state is None:
+    return []
+  latest = state.model_checkpoint_path
+  return [latest] + [path for path in reversed(state.all_model_checkpoint_paths)
+                     if path != latest]
+
+
+def damage(path: str) -> Optional[str]:
+  """Why the checkpoint at `path` cannot be read back whole, or None if it can."""
+  try:
+    reader = tf.train.load_checkpoint(path)
+    for name in sorted(reader.get_variable_to_dtype_map()):
+      reader.get_tensor(name)  # Verifies the tensor's crc32c.
+  except tf.errors.OpError as e:  # A checksum mismatch, a bad .index, a missing file.
+    return errors.first_line(e, 200)
+  except IndexError as e:  # 'Read less bytes than requested': the .data file is short.
+    return f'truncated: {errors.first_line(e)}'
+  return None
+
+
+def newest_intact(directory: str) -> Tuple[Optional[str], Dict[str, str]]:
+  """The newest checkpoint that reads back whole (None if there is none), and the
+  damaged ones newer than it, each with what is wrong with it."""
+  damaged = {}
+  for path in newest_first(directory):
+    reason = damage(path)
+    if reason is None:
+      return path, damaged
+    damaged[path] = reason
+  return None, damaged
+
+
+def restore(checkpoint: tf.train.Checkpoint, directory: str) -> Optional[str]:
+  """Restores the newest intact checkpoint of `directory` into `checkpoint`, refusing
+  a partial match; returns its path, or None if the directory holds no checkpoint.
+
+  Damaged checkpoints are named in a warning and left in place. CheckpointError if
+  every checkpoint is damaged, or if the one chosen does not match the model.
+  """
+  path, damaged = newest_intact(directory)
+  if damaged and path is None:
+    raise errors.CheckpointError(
+        f'No intact checkpoint to resume from in {directory}: '
+        f'{_describe(damaged)}. Use a new --model_dir, or delete the damaged '
+        f'checkpoints (the whole folder {directory}: nothing in it can be resumed) '
+        'to train this run from the start.')
+  for bad, reason in damaged.items():
+    logging.warning('Checkpoint %s is damaged (%s); resuming from %s, the newest intact '
+                    'checkpoint. The damaged files are left in place.', bad, reason, path)
+  if path is None:
+    return None
+  try:
+    checkpoint.restore(path).assert_consumed()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise errors.CheckpointError(
+        f'The checkpoint {path} does not match this model and flags (a different model, '
+        f'precision or optimizer?). Use a new --model_dir or the original flags. '
+        f'Details: {errors.first_line(e)}') from None
+  return path
+
+
+def _describe(damaged: Dict[str, str]) -> str:
+  return '; '.join(f'{os.path.basename(path)} is damaged ({reason})'
+                   for path, reason in damaged.items())
