@@ -6,6 +6,7 @@ TensorFlow, so invalid flags are reported before TensorFlow loads.
 """
 import os
 import sys
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -21,130 +22,132 @@ MANUAL_DIR_ENV = 'TFDS_MANUAL_DIR'
 _DEFAULTS = config_lib.TrainConfig()
 
 
-def define_data_flags():
+def define_data_flags(flag_values: flags.FlagValues = FLAGS):
   """--model_dir and the data flags: what every script that reads a run needs."""
-  d = _DEFAULTS
+  d, fv = _DEFAULTS, {'flag_values': flag_values}
   flags.DEFINE_string('model_dir', d.model_dir,
                       'Checkpoints, TensorBoard events, config.json and results.json go '
-                      'here. Rerunning with the same --model_dir resumes.')
+                      'here. Rerunning with the same --model_dir resumes.', **fv)
   flags.DEFINE_string('dataset', d.dataset,
-                      'TFDS image-classification dataset with 28x28x1 images.')
-  flags.DEFINE_string('data_dir', d.data_dir, "TFDS data_dir (default: TFDS's own).")
+                      'TFDS image-classification dataset with 28x28x1 images.', **fv)
+  flags.DEFINE_string('data_dir', d.data_dir, "TFDS data_dir (default: TFDS's own).", **fv)
   flags.DEFINE_string('tfds_manual_dir', d.tfds_manual_dir,
                       'Folder holding the dataset\'s original files, from which TFDS '
-                      f'builds it without network access. Falls back to ${MANUAL_DIR_ENV}.')
+                      f'builds it without network access. Falls back to ${MANUAL_DIR_ENV}.', **fv)
   flags.DEFINE_string('train_split', d.train_split,
-                      "TFDS split string for training, e.g. 'train[:6400]' for a short run.")
-  flags.DEFINE_string('eval_split', d.eval_split, 'TFDS split string for evaluation.')
+                      "TFDS split string for training, e.g. 'train[:6400]' for a short run.", **fv)
+  flags.DEFINE_string('eval_split', d.eval_split, 'TFDS split string for evaluation.', **fv)
   flags.DEFINE_string('validation_split', d.validation_split,
                       "Split for per-epoch evaluation and any choice, e.g. 'train[55000:]' "
                       "with --train_split='train[:55000]'; the test split is then only "
-                      'reported at the end.')
+                      'reported at the end.', **fv)
   flags.DEFINE_integer('eval_batch_size', d.eval_batch_size,
-                       'Global evaluation batch; the last batch is padded, never dropped.')
+                       'Global evaluation batch; the last batch is padded, never dropped.', **fv)
 
 
-def define_train_flags():
-  """Defines every TrainConfig flag. Call once, at a script's import time."""
-  define_data_flags()
-  d = _DEFAULTS
-  flags.DEFINE_integer('epochs', d.epochs, 'Total epochs; a larger value continues a run.')
+def define_train_flags(flag_values: flags.FlagValues = FLAGS):
+  """Defines every TrainConfig flag. Call once, at a script's import time (or on a
+  private FlagValues, as `parse_train_flags` does)."""
+  define_data_flags(flag_values)
+  d, fv = _DEFAULTS, {'flag_values': flag_values}
+  flags.DEFINE_integer('epochs', d.epochs, 'Total epochs; a larger value continues a run.', **fv)
   flags.DEFINE_integer('batch_size', d.batch_size,
-                       'Global training batch, split evenly across replicas.')
-  flags.DEFINE_float('learning_rate', d.learning_rate, 'Adam learning rate.')
-  flags.DEFINE_string('model', d.model, 'Model: ' + ', '.join(config_lib.MODELS) + '.')
-  flags.DEFINE_bool('batch_norm', d.batch_norm, 'Batch normalisation after each conv.')
+                       'Global training batch, split evenly across replicas.', **fv)
+  flags.DEFINE_float('learning_rate', d.learning_rate, 'Adam learning rate.', **fv)
+  flags.DEFINE_string('model', d.model, 'Model: ' + ', '.join(config_lib.MODELS) + '.', **fv)
+  flags.DEFINE_bool('batch_norm', d.batch_norm, 'Batch normalisation after each conv.', **fv)
   flags.DEFINE_float('width', d.width,
                      "Multiplies the channels of every conv and hidden dense layer of "
-                     "--model (1: the model as described).")
+                     "--model (1: the model as described).", **fv)
   flags.DEFINE_bool('augment', d.augment,
                     'Random shifts, rotations, scales and optionally an elastic distortion '
-                    'while training, in one resample (sizes below); never at evaluation.')
+                    'while training, in one resample (sizes below); never at evaluation.', **fv)
   flags.DEFINE_float('augment_shift_pixels', d.augment_shift_pixels,
-                     'With --augment: largest shift, in pixels, each way and axis.')
+                     'With --augment: largest shift, in pixels, each way and axis.', **fv)
   flags.DEFINE_float('augment_rotation_degrees', d.augment_rotation_degrees,
-                     'With --augment: largest rotation, in degrees, either way.')
+                     'With --augment: largest rotation, in degrees, either way.', **fv)
   flags.DEFINE_float('augment_zoom', d.augment_zoom,
-                     'With --augment: largest zoom in or out, as a fraction of the size.')
+                     'With --augment: largest zoom in or out, as a fraction of the size.', **fv)
   flags.DEFINE_float('augment_elastic_alpha', d.augment_elastic_alpha,
                      'With --augment: elastic distortion (Simard et al. 2003) of this size, '
                      'in pixels, after the shifts, rotations and scales; 0: off. Simard '
-                     'used 34 with --augment_elastic_sigma=4.')
+                     'used 34 with --augment_elastic_sigma=4.', **fv)
   flags.DEFINE_float('augment_elastic_sigma', d.augment_elastic_sigma,
-                     'Smoothness of the elastic distortion: the Gaussian sigma in pixels.')
+                     'Smoothness of the elastic distortion: the Gaussian sigma in pixels.', **fv)
   flags.DEFINE_integer('augment_cutout_pixels', d.augment_cutout_pixels,
                        'With --augment: after the distortion, zero a square of this side '
                        '(pixels) at a random centre in each image (cutout, DeVries & Taylor '
-                       '2017); 0: off.')
+                       '2017); 0: off.', **fv)
   flags.DEFINE_string('lr_schedule', d.lr_schedule,
                       'Learning-rate schedule over all --epochs: ' +
-                      ', '.join(config_lib.SCHEDULES) + '. --learning_rate is the peak.')
+                      ', '.join(config_lib.SCHEDULES) + '. --learning_rate is the peak.', **fv)
   flags.DEFINE_float('warmup_fraction', d.warmup_fraction,
-                     'Fraction of all steps spent warming up (one_cycle, warmup_cosine).')
-  flags.DEFINE_float('adam_beta1', d.adam_beta1, 'Adam beta_1.')
-  flags.DEFINE_float('adam_beta2', d.adam_beta2, 'Adam beta_2.')
+                     'Fraction of all steps spent warming up (one_cycle, warmup_cosine).', **fv)
+  flags.DEFINE_float('adam_beta1', d.adam_beta1, 'Adam beta_1.', **fv)
+  flags.DEFINE_float('adam_beta2', d.adam_beta2, 'Adam beta_2.', **fv)
   flags.DEFINE_float('weight_decay', d.weight_decay,
                      'Decoupled weight decay (AdamW-style) of conv and dense kernels: each '
-                     'step scales them by 1 - weight_decay * learning rate. 0: off.')
-  flags.DEFINE_float('label_smoothing', d.label_smoothing, 'Label smoothing of the train loss.')
+                     'step scales them by 1 - weight_decay * learning rate. 0: off.', **fv)
+  flags.DEFINE_float('label_smoothing', d.label_smoothing, 'Label smoothing of the train loss.',
+                     **fv)
   flags.DEFINE_float('ema_momentum', d.ema_momentum,
                      'If > 0, keep an exponential moving average of the weights with this '
-                     'momentum and evaluate (and export) it.')
+                     'momentum and evaluate (and export) it.', **fv)
   flags.DEFINE_float('sam_rho', d.sam_rho,
                      'If > 0, sharpness-aware minimisation (SAM): each step takes the '
                      'gradient at the weights moved this far (L2) up the gradient, so it '
-                     'costs two forward and backward passes. Per replica. 0: off.')
+                     'costs two forward and backward passes. Per replica. 0: off.', **fv)
   flags.DEFINE_float('dropout_rate', d.dropout_rate,
-                     'Dropout before the logits layer (strided_cnn: also after each block).')
-  flags.DEFINE_integer('seed', d.seed, 'Seed for weights, dropout and the shuffle order.')
+                     'Dropout before the logits layer (strided_cnn: also after each block).', **fv)
+  flags.DEFINE_integer('seed', d.seed, 'Seed for weights, dropout and the shuffle order.', **fv)
   flags.DEFINE_string('strategy', d.strategy,
                       'tf.distribute strategy: ' + ', '.join(config_lib.STRATEGIES) +
                       '. mirrored uses all local GPUs, or --cpu_devices logical CPUs; '
                       'multi_worker: MultiWorkerMirroredStrategy over the cluster in '
-                      f'${cluster.TF_CONFIG_ENV}; tpu: TPUStrategy (untested here).')
+                      f'${cluster.TF_CONFIG_ENV}; tpu: TPUStrategy (untested here).', **fv)
   flags.DEFINE_integer('cpu_devices', d.cpu_devices,
                        'Split the CPU into this many logical devices (for '
-                       '--strategy=mirrored on a machine without GPUs).')
+                       '--strategy=mirrored on a machine without GPUs).', **fv)
   flags.DEFINE_string('collective_communication', d.collective_communication,
                       'multi_worker all-reduce implementation: ' +
                       ', '.join(config_lib.COLLECTIVE_COMMUNICATIONS) +
-                      ' (nccl needs GPUs; auto lets TensorFlow choose).')
+                      ' (nccl needs GPUs; auto lets TensorFlow choose).', **fv)
   flags.DEFINE_float('collective_timeout_seconds', d.collective_timeout_seconds,
                      'multi_worker: a collective op that takes longer fails the run '
                      '(catches a worker that is alive but stuck). 0: no limit. Costs a '
-                     'thread per collective.')
+                     'thread per collective.', **fv)
   flags.DEFINE_integer('worker_heartbeat_timeout_seconds',
                        d.worker_heartbeat_timeout_seconds,
                        'multi_worker: a worker that sends no heartbeat for this long is '
-                       'declared lost and the others stop (exit 75).')
+                       'declared lost and the others stop (exit 75).', **fv)
   flags.DEFINE_integer('worker_startup_timeout_seconds', d.worker_startup_timeout_seconds,
                        'multi_worker: every worker in $TF_CONFIG must connect within this '
-                       'long of the first, or all fail.')
-  flags.DEFINE_bool('jit_compile', d.jit_compile, 'Compile the train step with XLA.')
+                       'long of the first, or all fail.', **fv)
+  flags.DEFINE_bool('jit_compile', d.jit_compile, 'Compile the train step with XLA.', **fv)
   flags.DEFINE_string('mixed_precision', d.mixed_precision,
-                      'Keras dtype policy: ' + ', '.join(config_lib.PRECISIONS) + '.')
+                      'Keras dtype policy: ' + ', '.join(config_lib.PRECISIONS) + '.', **fv)
   flags.DEFINE_integer('log_every_steps', d.log_every_steps,
-                       'Write train summaries and a progress line every N steps.')
+                       'Write train summaries and a progress line every N steps.', **fv)
   flags.DEFINE_integer('steps_per_loop', d.steps_per_loop,
-                       'Train steps run inside one tf.function call.')
+                       'Train steps run inside one tf.function call.', **fv)
   flags.DEFINE_integer('checkpoints_to_keep', d.checkpoints_to_keep,
-                       'How many recent checkpoints CheckpointManager keeps.')
+                       'How many recent checkpoints CheckpointManager keeps.', **fv)
   flags.DEFINE_integer('checkpoint_every_steps', d.checkpoint_every_steps,
                        'Also checkpoint every N steps (0: only at each epoch end). A killed '
-                       'run loses at most N steps.')
+                       'run loses at most N steps.', **fv)
   flags.DEFINE_bool('deterministic', d.deterministic,
                     'Deterministic ops and input: reruns and resumed runs end with '
-                    'bit-identical weights (same weights_sha256). Slower.')
+                    'bit-identical weights (same weights_sha256). Slower.', **fv)
   flags.DEFINE_string('nan_policy', d.nan_policy,
                       'On a non-finite loss or gradient norm: stop (exit 3, last '
-                      'checkpoint kept) or skip_step (drop that update, count it).')
+                      'checkpoint kept) or skip_step (drop that update, count it).', **fv)
   flags.DEFINE_bool('epoch_summaries', d.epoch_summaries,
                     'Per-epoch TensorBoard images (confusion matrix, misclassified digits) '
-                    'and histograms. Off for speed runs.')
+                    'and histograms. Off for speed runs.', **fv)
   flags.DEFINE_string('profile_steps', d.profile_steps,
                       'START,END: trace train steps START..END (1-based, rounded to '
                       '--steps_per_loop calls) into MODEL_DIR/plugins/profile for '
-                      "TensorBoard's Profile tab. Empty: no trace.")
+                      "TensorBoard's Profile tab. Empty: no trace.", **fv)
 
 
 def define_report_flags():
@@ -190,16 +193,16 @@ def define_export_flags():
   flags.DEFINE_bool('tflite', False, 'Also write EXPORT_DIR/model.tflite (TFLite).')
 
 
-def define_runtime_flags():
+def define_runtime_flags(flag_values: flags.FlagValues = FLAGS):
   """oneDNN and thread-pool flags, applied before and right after TensorFlow loads."""
-  d = runtime.RuntimeConfig()
+  d, fv = runtime.RuntimeConfig(), {'flag_values': flag_values}
   flags.DEFINE_string('onednn', d.onednn,
                       'oneDNN CPU kernels: auto (TensorFlow decides; '
-                      f'${runtime.ONEDNN_ENV} is honoured), on or off.')
+                      f'${runtime.ONEDNN_ENV} is honoured), on or off.', **fv)
   flags.DEFINE_integer('inter_op_threads', d.inter_op_threads,
-                       'Inter-op thread pool size (0: TensorFlow decides).')
+                       'Inter-op thread pool size (0: TensorFlow decides).', **fv)
   flags.DEFINE_integer('intra_op_threads', d.intra_op_threads,
-                       'Intra-op thread pool size (0: TensorFlow decides).')
+                       'Intra-op thread pool size (0: TensorFlow decides).', **fv)
 
 
 def define_benchmark_flags():
@@ -229,10 +232,10 @@ def define_benchmark_flags():
                       'child processes (ours or keras_fit).')
 
 
-def train_config_from_flags() -> config_lib.TrainConfig:
+def train_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.TrainConfig:
   """Reads the parsed flags into a validated TrainConfig (raises ConfigError)."""
-  values = {field: FLAGS[field].value
-            for field in config_lib.TrainConfig.__dataclass_fields__ if field in FLAGS}
+  values = {field: flag_values[field].value
+            for field in config_lib.TrainConfig.__dataclass_fields__ if field in flag_values}
   if not values.get('tfds_manual_dir'):
     values['tfds_manual_dir'] = os.environ.get(MANUAL_DIR_ENV) or None
   config = config_lib.TrainConfig(**values).validate()
@@ -256,9 +259,29 @@ def run_config_from_flags(config: config_lib.TrainConfig) -> config_lib.TrainCon
   return config.validate()
 
 
-def _runtime_config() -> runtime.RuntimeConfig:
-  return runtime.RuntimeConfig(onednn=FLAGS.onednn, inter_op_threads=FLAGS.inter_op_threads,
-                               intra_op_threads=FLAGS.intra_op_threads)
+def runtime_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> runtime.RuntimeConfig:
+  """Reads --onednn and the thread-pool flags into a validated RuntimeConfig."""
+  return runtime.RuntimeConfig(onednn=flag_values.onednn,
+                               inter_op_threads=flag_values.inter_op_threads,
+                               intra_op_threads=flag_values.intra_op_threads).validate()
+
+
+def parse_train_flags(args: Sequence[str]) -> tuple:
+  """(TrainConfig, RuntimeConfig) from scripts/train.py's flags, e.g. a child process's
+  command line, parsed in a private FlagValues and validated as the script does.
+
+  Raises ConfigError naming an unknown flag, a malformed value or an invalid config.
+  """
+  flag_values = flags.FlagValues()
+  define_train_flags(flag_values)
+  define_runtime_flags(flag_values)
+  try:
+    rest = flag_values(['train.py', *args])
+  except flags.Error as e:
+    raise errors.ConfigError(f'{e}') from None
+  if rest[1:]:
+    raise errors.ConfigError(f'Unexpected arguments (not flags): {" ".join(rest[1:])}.')
+  return train_config_from_flags(flag_values), runtime_config_from_flags(flag_values)
 
 
 def benchmark_config_from_flags() -> benchmark_config.BenchmarkConfig:
@@ -267,7 +290,7 @@ def benchmark_config_from_flags() -> benchmark_config.BenchmarkConfig:
             for field in benchmark_config.BenchmarkConfig.__dataclass_fields__
             if field in FLAGS and field not in ('train', 'runtime')}
   return benchmark_config.BenchmarkConfig(
-      train=train_config_from_flags(), runtime=_runtime_config(),  # Validated below.
+      train=train_config_from_flags(), runtime=runtime_config_from_flags(),  # Validated below.
       role=FLAGS['_role'].value, **values).validate()
 
 

@@ -56,7 +56,14 @@ def load_splits(dataset: str, train_split: str, eval_split: str,
   """Loads the TFDS splits, preparing the dataset first if needed."""
   builder = _builder(dataset, data_dir)
   if not builder.is_prepared():
-    prepare(builder, manual_dir)
+    try:
+      prepare(builder, manual_dir)
+    except errors.DataError:
+      # Another process (a parallel sweep run, a second worker) may have finished
+      # preparing it first: TFDS then fails to rename its own copy into place.
+      builder = _builder(dataset, data_dir)
+      if not builder.is_prepared():
+        raise
   features = builder.info.features
   if 'image' not in features or 'label' not in features:
     raise errors.DataError(f'--dataset={dataset} is not an image-classification dataset '

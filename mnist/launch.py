@@ -105,7 +105,7 @@ def launch(num_workers: int, train_flags: Sequence[str], host: str = '127.0.0.1'
            'PYTHONUNBUFFERED': '1'}
     process = subprocess.Popen([sys.executable, script, *flags], env=env, text=True,
                                errors='replace', stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                               stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     workers.append(Worker(index, address, process))
     log(f'started {workers[-1].name}')
   readers = [threading.Thread(target=_stream, args=(pipe, target, f'[worker {w.index}] ', lock),
@@ -199,7 +199,7 @@ def _stream(pipe, target: TextIO, prefix: str, lock: threading.Lock):
   pipe.close()
 
 
-def _die_with_parent():
+def die_with_parent():
   """Linux: a worker gets SIGKILL if the launcher dies, instead of training on alone."""
   try:
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -26,6 +26,12 @@ CONFUSION_COUNTS_TAG = 'confusion_matrix_counts'
 CONFUSION_COUNTS_PLUGIN = 'mnist_confusion_counts'
 
 
+# results.json values written as scalars into the run's own folder: the HParams
+# dashboard's metric columns (scripts/sweep.py's experiment names them).
+_FINAL_METRICS = ('test_accuracy', 'test_loss', 'validation_accuracy', 'validation_loss',
+                  'train_seconds', 'train_images_per_sec')
+
+
 def start_run(config, model, strategy, splits, train_writer, eval_writer,
               step: int) -> 'RunSummaries':
   """Writes the run's hyperparameters; starts the profile if it covers the next step."""
@@ -135,12 +141,13 @@ class RunSummaries:
     self._train_writer.flush()
 
   def end_run(self, results: dict):
-    """Stops an unfinished trace and adds the test metrics to the HParams row."""
+    """Stops an unfinished trace and adds the final metrics to the HParams row."""
     if self._profiling:
       self._stop_profiler()
     with self._run_writer.as_default(step=results['global_step']):
-      for name in ('test_accuracy', 'test_loss'):
-        tf.summary.scalar(name, results[name])
+      for name in _FINAL_METRICS:
+        if results.get(name) is not None:
+          tf.summary.scalar(name, results[name])
     self._run_writer.close()
 
   def _stop_profiler(self):

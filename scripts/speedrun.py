@@ -36,21 +36,25 @@ def main(argv):
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix='speedrun_')
   print(f'speedrun: {FLAGS.seeds} seeds of {" ".join(recipe)}; workdir {workdir}',
         flush=True)
-  runs = []
-  for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
-    run = speedrun.run_seed('recipe', recipe, seed, workdir, FLAGS.target_accuracy)
-    print(f'seed {seed}: test accuracy {run.test_accuracy:.4f}  train {run.train_seconds:.1f}s'
-          f'  process {run.process_seconds:.1f}s', flush=True)
-    runs.append(run)
+
+  def print_seed(run):
+    process = (f'{run.process_seconds:.1f}s' if run.process_seconds is not None
+               else '(finished earlier)')
+    print(f'seed {run.seed}: test accuracy {run.test_accuracy:.4f}  train '
+          f'{run.train_seconds:.1f}s  process {process}', flush=True)
+
+  runs = speedrun.run_seeds('recipe', recipe,
+                            range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds),
+                            workdir, FLAGS.target_accuracy, print_seed)
   report = {'recipe': recipe, **speedrun.summary(runs)}
   print(f'recipe: test accuracy mean {report["test_accuracy_mean"]:.4f}  min '
         f'{report["test_accuracy_min"]:.4f}  stdev {report["test_accuracy_stdev"]:.4f}  '
         f'train seconds mean '
         f'{report["train_seconds_mean"]:.1f}  max {report["train_seconds_max"]:.1f}  '
-        f'process seconds mean {report["process_seconds_mean"]:.1f}', flush=True)
+        f'process seconds mean {report["process_seconds_mean"] or 0:.1f}', flush=True)
   if FLAGS.baseline_flagfile:
-    base = speedrun.run_seed('baseline', [f'--flagfile={FLAGS.baseline_flagfile}'], 0,
-                             workdir, FLAGS.target_accuracy)
+    base, = speedrun.run_seeds('baseline', [f'--flagfile={FLAGS.baseline_flagfile}'], [0],
+                               workdir, FLAGS.target_accuracy)
     report['baseline'] = {'flagfile': FLAGS.baseline_flagfile, **base.__dict__}
     if base.seconds_to_target is None:
       print(f'baseline {FLAGS.baseline_flagfile}: never reached {FLAGS.target_accuracy} '

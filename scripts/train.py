@@ -6,14 +6,19 @@
 import json
 
 from mnist import cli
+from mnist import runtime
 
 cli.define_train_flags()
+cli.define_runtime_flags()
 
 
 def main(argv):
   del argv
   config = cli.train_config_from_flags()  # Validated before TensorFlow loads.
+  runtime_config = cli.runtime_config_from_flags()
+  runtime.apply_env(runtime_config)  # Before TensorFlow loads.
   from mnist import train  # pylint: disable=g-import-not-at-top
+  runtime.apply_threading(runtime_config)
   results = train.run(config)
   print(json.dumps(results), flush=True)  # The last line of stdout.
 

@@ -1,15 +1,8 @@
 """TensorBoard extras: images, histograms, HParams and profiles, read back from the
 event files and from a real `tensorboard` server over the same run."""
 import glob
-import gzip
-import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from urllib import parse
-from urllib import request
 
 import numpy as np
 import pytest
@@ -23,9 +16,7 @@ from mnist import summaries
 from mnist import train
 
 from conftest import synthetic_splits
-
-SERVER_START_SECONDS = 90  # Bounded: TensorBoard imports TensorFlow and every plugin.
-
+import tensorboard_server
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
@@ -126,62 +117,11 @@ def test_profile_steps_parse_and_empty_means_off():
     assert config_lib.TrainConfig(profile_steps=off).validate().profile_step_range() is None
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-class _Server:
-  """HTTP to the local TensorBoard only; proxies from the environment are bypassed."""
-
-  def __init__(self, port):
-    self.base = f'http://127.0.0.1:{port}'
-    self._opener = request.build_opener(request.ProxyHandler({}))
-
-  def get(self, path, body=None, raw=False):
-    data = None if body is None else json.dumps(body).encode()
-    req = request.Request(self.base + path, data=data,
-                          headers={'Content-Type': 'application/json'})
-    with self._opener.open(req, timeout=30) as response:
-      payload = response.read()
-      if response.headers.get('Content-Encoding') == 'gzip':
-        payload = gzip.decompress(payload)
-    return payload if raw else json.loads(payload)
-
-
-def _wait_for(server, process, log_path, ready):
-  """Polls until `ready(server)` is true; the server loads event files in the background."""
-  deadline = time.monotonic() + SERVER_START_SECONDS
-  while time.monotonic() < deadline:
-    if process.poll() is not None:
-      with open(log_path) as f:
-        pytest.fail(f'tensorboard exited with {process.returncode}:\n{f.read()[-3000:]}')
-    try:
-      if ready(server):
-        return
-    except OSError:  # Not listening yet (URLError and HTTPError are OSErrors).
-      pass
-    time.sleep(0.5)
-  with open(log_path) as f:
-    pytest.fail(f'tensorboard not ready in {SERVER_START_SECONDS}s:\n{f.read()[-3000:]}')
-
-
 def test_real_tensorboard_serves_scalars_images_histograms_hparams_and_profile(
     trained, tmp_path):
   logdir, _, results = trained
-  port = _free_port()
-  log_path = str(tmp_path / 'tensorboard.log')
-  tensorboard = os.path.join(os.path.dirname(sys.executable), 'tensorboard')
-  with open(log_path, 'w') as log:
-    process = subprocess.Popen(
-        [tensorboard, '--logdir', logdir, '--host', '127.0.0.1', '--port', str(port)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-  server = _Server(port)
-  try:
-    _wait_for(server, process, log_path, lambda s: 'test_accuracy' in s.get(
-        '/data/plugin/scalars/tags').get('run', {}))
-
+  ready = lambda s: 'test_accuracy' in s.get('/data/plugin/scalars/tags').get('run', {})
+  with tensorboard_server.serve(logdir, str(tmp_path / 'tensorboard.log'), ready) as server:
     listing = server.get('/data/plugins_listing')
     for plugin in ('scalars', 'images', 'histograms', 'hparams', 'profile'):
       assert listing[plugin]['enabled'], plugin
@@ -212,10 +152,7 @@ def test_real_tensorboard_serves_scalars_images_histograms_hparams_and_profile(
     metrics = {(m['name'].get('group', ''), m['name']['tag'])
                for m in experiment['metricInfos']}
     assert {('', 'test_accuracy'), ('', 'test_loss'), ('eval', 'accuracy')} <= metrics
-    groups = server.get('/data/plugin/hparams/session_groups', {
-        'experimentName': '', 'startIndex': 0, 'sliceSize': 10,
-        'allowedStatuses': ['STATUS_UNKNOWN', 'STATUS_SUCCESS', 'STATUS_FAILURE',
-                            'STATUS_RUNNING']})['sessionGroups']
+    groups = server.session_groups()
     assert len(groups) == 1 and groups[0]['hparams']['batch_size'] == 32
     values = {m['name']['tag']: m['value'] for m in groups[0]['metricValues']
               if not m['name'].get('group')}
@@ -226,10 +163,3 @@ def test_real_tensorboard_serves_scalars_images_histograms_hparams_and_profile(
     tools = server.get('/data/plugin/profile/run_tools?' + parse.urlencode(
         {'run': profile_runs[0]}))
     assert {'overview_page', 'trace_viewer@'} <= set(tools)
-  finally:
-    process.terminate()
-    try:
-      process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-      process.kill()
-      process.wait(timeout=30)

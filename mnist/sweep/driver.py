@@ -1,0 +1,58 @@
+"""A sweep from start to report: record it, write the HParams experiment, run what is
+not finished, then report (printed, report.md/.csv/.json, report.png)."""
+import os
+
+from mnist import errors
+from mnist.sweep import hparams
+from mnist.sweep import plot
+from mnist.sweep import report as report_lib
+from mnist.sweep import runner
+from mnist.sweep import spec as spec_lib
+
+
+class RunsFailedError(errors.Error):
+  """Some runs of the sweep failed; the others finished and are reported."""
+  exit_code = 1
+
+
+def jobs(sweep: spec_lib.Sweep, sweep_dir: str) -> list:
+  """One job per run: model_dir SWEEP_DIR/VARIANT/seedS, its log beside it."""
+  return [runner.Job(run.name, os.path.join(sweep_dir, run.name),
+                     tuple(sweep.train_flags(run)),
+                     os.path.join(sweep_dir, f'{run.name}.log'))
+          for run in sweep.runs()]
+
+
+def run(sweep: spec_lib.Sweep, sweep_dir: str, parallel: int = 1, log=print) -> dict:
+  """Runs the sweep to its end (or SIGINT/SIGTERM: PreemptedError) and reports."""
+  spec_lib.check_sweep_dir(sweep, sweep_dir)  # Refuses a folder holding another sweep.
+  hparams.write_experiment(sweep, sweep_dir)
+  all_jobs = jobs(sweep, sweep_dir)
+  log(f'sweep: {len(sweep.variants)} variant(s) x {len(sweep.seeds)} seed(s) = '
+      f'{len(all_jobs)} runs, {parallel} at a time, in {sweep_dir}; baseline '
+      f'{sweep.baseline}, metric {sweep.metric}', flush=True)
+
+  def on_done(outcome: runner.Outcome):
+    if outcome.skipped:
+      log(f'{outcome.job.name}: finished earlier, skipped', flush=True)
+    elif outcome.results is not None:
+      r = outcome.results
+      log(f'{outcome.job.name}: {sweep.metric} {r.get(sweep.metric)}  train '
+          f'{r["train_seconds"]:.1f}s  process {outcome.process_seconds:.1f}s', flush=True)
+    else:
+      log(f'{outcome.job.name}: FAILED (exit {outcome.returncode}); log: '
+          f'{outcome.job.log_path}', flush=True)
+
+  outcomes = runner.run_jobs(all_jobs, parallel, on_done)
+  report = report_lib.build(sweep, outcomes)
+  paths = report_lib.write(report, sweep_dir)
+  paths['png'] = plot.draw(report, os.path.join(sweep_dir, 'report.png'))
+  log(report_lib.markdown(report), flush=True)
+  log(f'wrote {", ".join(paths.values())}', flush=True)
+  if report['failed']:
+    raise RunsFailedError(
+        f'{len(report["failed"])} of {len(all_jobs)} runs failed: ' +
+        '; '.join(f'{f["run"]} (exit {f["returncode"]}, log {f["log"]})'
+                  for f in report['failed']) +
+        '. The report covers the others; rerun the same command to retry the failed runs.')
+  return report

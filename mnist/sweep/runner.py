@@ -1,0 +1,173 @@
+"""Runs scripts/train.py processes, N at a time, each pinned to its own share of the
+cores: the one mechanism for running training in processes (sweeps and speedrun).
+
+A run whose model_dir holds results.json is finished and skipped; any other is
+started with the same command, which resumes from its checkpoints. SIGINT/SIGTERM
+stop every child cleanly (they checkpoint and exit 75) and raise PreemptedError.
+"""
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+from mnist import errors
+from mnist import launch
+
+RESULTS_FILE = 'results.json'
+_POLL_SECONDS = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  name: str
+  model_dir: str
+  train_flags: tuple  # Without --model_dir, which the runner adds.
+  log_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  job: Job
+  returncode: int  # 0 for a run finished earlier and skipped.
+  results: Optional[dict]  # Its results.json; None unless it finished.
+  process_seconds: Optional[float]  # None when skipped.
+
+  @property
+  def skipped(self) -> bool:
+    return self.process_seconds is None
+
+
+def read_results(model_dir: str) -> Optional[dict]:
+  try:
+    with open(os.path.join(model_dir, RESULTS_FILE)) as f:
+      return json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def cpu_slots(parallel: int, cpus: Optional[Sequence[int]] = None) -> list:
+  """Disjoint CPU sets, one per concurrent run; None (no pinning) for one run at a time
+  or when there are fewer cores than runs."""
+  cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+  if parallel <= 1 or parallel > len(cpus):
+    return [None] * max(parallel, 1)
+  share, extra = divmod(len(cpus), parallel)
+  slots, start = [], 0
+  for index in range(parallel):
+    size = share + (1 if index < extra else 0)
+    slots.append(tuple(cpus[start:start + size]))
+    start += size
+  return slots
+
+
+def thread_flags(cpus: Optional[Sequence[int]]) -> list:
+  """Thread pools sized to a run's cores (TensorFlow's own choice when unpinned)."""
+  if not cpus:
+    return []
+  return [f'--intra_op_threads={len(cpus)}', f'--inter_op_threads={len(cpus)}']
+
+
+def command(job: Job, cpus: Optional[Sequence[int]] = None,
+            script: str = launch.TRAIN_SCRIPT) -> list:
+  # Thread flags first, so a user's own --intra_op_threads in the job's flags wins.
+  return [sys.executable, script, *thread_flags(cpus), *job.train_flags,
+          f'--model_dir={job.model_dir}']
+
+
+def run_jobs(jobs: Sequence[Job], parallel: int = 1,
+             on_done: Callable[[Outcome], None] = lambda outcome: None,
+             cpus: Optional[Sequence[int]] = None, script: str = launch.TRAIN_SCRIPT) -> list:
+  """Runs every unfinished job, `parallel` at a time; returns an Outcome per job, in
+  order. A failed job does not stop the others. SIGINT/SIGTERM: PreemptedError.
+  Tests pass another `script` that takes scripts/train.py's flags."""
+  outcomes = {}
+  for job in jobs:
+    results = read_results(job.model_dir)
+    if results is not None:
+      outcomes[job] = Outcome(job, 0, results, None)
+      on_done(outcomes[job])
+  pending = [job for job in jobs if job not in outcomes]
+  free = cpu_slots(parallel, cpus)
+  running = {}  # Popen -> (job, slot, start time)
+  stop = _StopRequest()
+  try:
+    with stop:
+      while (pending and not stop.requested) or running:
+        while pending and free and not stop.requested:
+          job, slot = pending.pop(0), free.pop(0)
+          running[_start(command(job, slot, script), job.log_path, slot)] = (
+              job, slot, time.monotonic())
+        if stop.requested:
+          stop.forward([p for p in running if p.poll() is None])
+        for process in [p for p in running if p.poll() is not None]:
+          job, slot, start = running.pop(process)
+          free.append(slot)
+          outcomes[job] = Outcome(job, process.returncode, read_results(job.model_dir),
+                                  time.monotonic() - start)
+          on_done(outcomes[job])
+        time.sleep(_POLL_SECONDS)
+  finally:  # An error in on_done (or the runner) leaves no training behind.
+    for process in running:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  if stop.requested:
+    unfinished = [job.name for job in jobs
+                  if job not in outcomes or outcomes[job].results is None]
+    raise errors.PreemptedError(
+        f'Received {stop.requested}: stopped {len(unfinished)} unfinished run(s) '
+        f'({", ".join(unfinished)}); their checkpoints are kept. Rerun the same command '
+        'to resume them; finished runs are not repeated.')
+  return [outcomes[job] for job in jobs]
+
+
+def _start(argv: Sequence[str], log_path: str,
+           cpus: Optional[Sequence[int]]) -> subprocess.Popen:
+  os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+  with open(log_path, 'a') as log:  # A resumed run's log continues the first's.
+    log.write(f'$ {shlex.join(argv)}\n')
+    log.flush()
+
+    def set_up_child():
+      launch.die_with_parent()
+      if cpus:
+        os.sched_setaffinity(0, cpus)
+
+    # Its own session: a terminal's Ctrl-C reaches the sweep only, which then stops
+    # each child once, with SIGTERM.
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, preexec_fn=set_up_child,
+                            start_new_session=True)
+
+
+class _StopRequest:
+  """SIGINT/SIGTERM to the sweep: start no more runs, SIGTERM the running ones once."""
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+    self._signalled = set()
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *unused):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = signal.Signals(signum).name
+
+  def forward(self, processes):
+    for process in processes:
+      if process.pid not in self._signalled:
+        process.send_signal(signal.SIGTERM)  # Training checkpoints and exits 75.
+        self._signalled.add(process.pid)
