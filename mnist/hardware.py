@@ -1,0 +1,137 @@
+"""What this process runs on, and the settings that follow from it.
+
+The CPU part reads /proc/cpuinfo and never imports TensorFlow, so it can decide
+what TensorFlow reads when it loads (TF_ENABLE_ONEDNN_OPTS). The GPU part asks
+TensorFlow. The decisions (`resolve_precision`, `resolve_onednn`) are pure functions
+of a profile, tested on every kind of machine whatever this one is.
+"""
+import dataclasses
+import os
+import platform
+from typing import Mapping, Optional, Sequence
+
+# The instruction sets that decide precision and kernels (Linux /proc/cpuinfo names).
+FEATURES = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_bf16')
+# Native bfloat16 arithmetic: AVX-512 BF16 (AMD Zen 4, Intel Cooper Lake) or AMX.
+_BF16_FEATURES = ('avx512_bf16', 'amx_bf16')
+# TensorFlow 2.21 turns oneDNN on by itself for x86 CPUs with any of these.
+_TF_ONEDNN_DEFAULT_FEATURES = ('avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_bf16')
+ONEDNN_ENV = 'TF_ENABLE_ONEDNN_OPTS'
+# oneDNN's own cap on the instructions its kernels use; AVX2 imitates an AVX2-only CPU.
+ONEDNN_ISA_ENV = 'ONEDNN_MAX_CPU_ISA'
+_ISA_CAPS = {'SSE41': (), 'AVX': (), 'AVX2': ('avx2',),
+             'AVX2_VNNI': ('avx2',), 'AVX2_VNNI_2': ('avx2',),
+             'AVX512_CORE': ('avx2', 'avx512f'),
+             'AVX512_CORE_VNNI': ('avx2', 'avx512f', 'avx512_vnni'),
+             'AVX512_CORE_BF16': ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16'),
+             'AVX512_CORE_FP16': ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16')}
+X86 = ('x86_64', 'amd64', 'i386', 'i686')
+
+
+@dataclasses.dataclass(frozen=True)
+class Cpu:
+  model: str
+  architecture: str  # platform.machine(): x86_64, aarch64, ...
+  cores: int  # Cores this process may run on (its affinity mask).
+  features: tuple  # Those of FEATURES it has, as oneDNN may use them.
+
+  @property
+  def x86(self) -> bool:
+    return self.architecture.lower() in X86
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+  name: str
+  compute_capability: Optional[tuple]  # (major, minor); None if TensorFlow did not say.
+
+
+def cpu(cpuinfo: Optional[str] = None, environ: Mapping[str, str] = os.environ,
+        architecture: Optional[str] = None, cores: Optional[int] = None) -> Cpu:
+  """This CPU, from /proc/cpuinfo (or the text given); features are capped by
+  $ONEDNN_MAX_CPU_ISA as oneDNN caps its kernels."""
+  if cpuinfo is None:
+    try:
+      with open('/proc/cpuinfo') as f:
+        cpuinfo = f.read()
+    except OSError:  # Not Linux: model and features unknown.
+      cpuinfo = ''
+  fields = {}
+  for line in cpuinfo.splitlines():
+    key, sep, value = line.partition(':')
+    if sep and key.strip() not in fields:  # The first processor's.
+      fields[key.strip()] = value.strip()
+  flags = set((fields.get('flags') or fields.get('Features') or '').split())
+  features = [f for f in FEATURES if f in flags]
+  cap = environ.get(ONEDNN_ISA_ENV, '').upper()
+  if cap in _ISA_CAPS:
+    features = [f for f in features if f in _ISA_CAPS[cap]]
+  return Cpu(model=fields.get('model name') or platform.processor() or 'unknown CPU',
+             architecture=architecture or platform.machine(),
+             cores=cores or len(os.sched_getaffinity(0)), features=tuple(features))
+
+
+def gpus() -> list:
+  """The GPUs TensorFlow sees, with their compute capability (imports TensorFlow)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  found = []
+  for device in tf.config.list_physical_devices('GPU'):
+    details = tf.config.experimental.get_device_details(device)
+    found.append(Gpu(details.get('device_name', device.name),
+                     details.get('compute_capability')))
+  return found
+
+
+def resolve_precision(cpu_profile: Cpu, gpu_profiles: Sequence[Gpu] = ()) -> str:
+  """--mixed_precision=auto: the fastest policy the hardware computes natively.
+
+  GPUs: bfloat16 from compute capability 8.0 (Ampere), float16 on 7.x (Volta,
+  Turing: tensor cores), float32 below. CPUs: bfloat16 with AVX-512 BF16 or AMX;
+  elsewhere it is emulated, ~3x slower than float32 on an AVX2-only CPU.
+  """
+  if gpu_profiles:
+    capabilities = [g.compute_capability or (0, 0) for g in gpu_profiles]
+    slowest = min(capabilities)
+    if slowest >= (8, 0):
+      return 'mixed_bfloat16'
+    return 'mixed_float16' if slowest >= (7, 0) else 'float32'
+  if any(f in cpu_profile.features for f in _BF16_FEATURES):
+    return 'mixed_bfloat16'
+  return 'float32'
+
+
+def resolve_onednn(cpu_profile: Cpu, environ: Mapping[str, str] = os.environ) -> dict:
+  """--onednn=auto: the environment to set before TensorFlow loads (empty: nothing).
+
+  On for x86 CPUs with AVX2 where TensorFlow leaves it off (1.3x float32 images/s
+  on an AVX2-only AMD EPYC, BUILD.md); a TF_ENABLE_ONEDNN_OPTS the user set wins.
+  """
+  if ONEDNN_ENV in environ or not cpu_profile.x86 or 'avx2' not in cpu_profile.features:
+    return {}
+  if tf_enables_onednn(cpu_profile):
+    return {}
+  return {ONEDNN_ENV: '1'}
+
+
+def tf_enables_onednn(cpu_profile: Cpu) -> bool:
+  """Whether TensorFlow turns oneDNN on by itself here (it reads CPUID, not the cap)."""
+  return cpu_profile.x86 and any(f in cpu_profile.features
+                                 for f in _TF_ONEDNN_DEFAULT_FEATURES)
+
+
+def describe(cpu_profile: Cpu, gpu_profiles: Sequence[Gpu] = ()) -> str:
+  """One line: what a figure was measured on."""
+  text = (f'{cpu_profile.model} ({cpu_profile.architecture}, {cpu_profile.cores} cores; '
+          f'{" ".join(cpu_profile.features) or "no AVX2"})')
+  for gpu in gpu_profiles:
+    capability = ('.'.join(map(str, gpu.compute_capability)) if gpu.compute_capability
+                  else '?')
+    text += f'; GPU {gpu.name} (compute capability {capability})'
+  return text
+
+
+def as_dict(cpu_profile: Cpu, gpu_profiles: Sequence[Gpu] = ()) -> dict:
+  """For results.json and the benchmark JSON."""
+  return {'cpu': dataclasses.asdict(cpu_profile),
+          'gpus': [dataclasses.asdict(g) for g in gpu_profiles],
+          'summary': describe(cpu_profile, gpu_profiles)}

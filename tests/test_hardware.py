@@ -1,0 +1,90 @@
+"""mnist/hardware.py: the profile read from /proc/cpuinfo text, and the decisions made
+from it, on every kind of machine whatever this one is."""
+import pytest
+
+from mnist import hardware
+
+ZEN3 = ('avx2',)  # AMD EPYC Zen 3: AVX2 only.
+ZEN4 = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16')  # AMD EPYC Zen 4.
+SAPPHIRE_RAPIDS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_bf16')
+SKYLAKE = ('avx2', 'avx512f')  # AVX-512 without VNNI or BF16.
+CASCADE_LAKE = ('avx2', 'avx512f', 'avx512_vnni')
+OLD = ()  # Before AVX2.
+
+
+def _cpu(features, architecture='x86_64'):
+  return hardware.Cpu('test CPU', architecture, 2, features)
+
+
+@pytest.mark.parametrize('features, precision, onednn_env', [
+    (ZEN3, 'float32', {'TF_ENABLE_ONEDNN_OPTS': '1'}),  # TensorFlow leaves it off.
+    (SKYLAKE, 'float32', {'TF_ENABLE_ONEDNN_OPTS': '1'}),
+    (CASCADE_LAKE, 'float32', {}),  # TensorFlow turns it on itself (VNNI).
+    (ZEN4, 'mixed_bfloat16', {}),
+    (SAPPHIRE_RAPIDS, 'mixed_bfloat16', {}),
+    (OLD, 'float32', {}),  # No AVX2: left to TensorFlow (not measured here).
+])
+def test_cpu_resolution_table(features, precision, onednn_env):
+  cpu = _cpu(features)
+  assert hardware.resolve_precision(cpu) == precision
+  assert hardware.resolve_onednn(cpu, environ={}) == onednn_env
+
+
+def test_arm_cpus_are_left_to_tensorflow():
+  cpu = _cpu(('avx2',), architecture='aarch64')  # (Features are x86 names: none match.)
+  assert hardware.resolve_onednn(cpu, environ={}) == {}
+  assert hardware.resolve_precision(_cpu((), 'aarch64')) == 'float32'
+
+
+@pytest.mark.parametrize('user_value', ['0', '1', ''])
+def test_a_users_tf_enable_onednn_opts_wins(user_value):
+  assert hardware.resolve_onednn(_cpu(ZEN3), {'TF_ENABLE_ONEDNN_OPTS': user_value}) == {}
+
+
+@pytest.mark.parametrize('capabilities, precision', [
+    ([(9, 0)], 'mixed_bfloat16'),  # H100
+    ([(8, 0)], 'mixed_bfloat16'),  # A100
+    ([(8, 6), (8, 0)], 'mixed_bfloat16'),
+    ([(7, 5)], 'mixed_float16'),  # T4
+    ([(7, 0)], 'mixed_float16'),  # V100
+    ([(8, 0), (7, 0)], 'mixed_float16'),  # Mixed GPUs: what the slowest does natively.
+    ([(6, 1)], 'float32'),  # P40
+    ([None], 'float32'),  # Capability unknown.
+])
+def test_gpu_resolution_table_whatever_the_cpu(capabilities, precision):
+  gpus = [hardware.Gpu(f'gpu{i}', c) for i, c in enumerate(capabilities)]
+  for features in (ZEN3, ZEN4):
+    assert hardware.resolve_precision(_cpu(features), gpus) == precision
+
+
+CPUINFO = '''processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14 96-Core Processor
+flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512_bf16 avx512_vnni
+processor\t: 1
+model name\t: AMD EPYC 9R14 96-Core Processor
+flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512_bf16 avx512_vnni
+'''
+
+
+def test_cpu_profile_from_cpuinfo_text():
+  cpu = hardware.cpu(CPUINFO, environ={}, architecture='x86_64', cores=2)
+  assert cpu.model == 'AMD EPYC 9R14 96-Core Processor'
+  assert cpu.features == ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16')
+  assert hardware.describe(cpu) == ('AMD EPYC 9R14 96-Core Processor (x86_64, 2 cores; '
+                                    'avx2 avx512f avx512_vnni avx512_bf16)')
+
+
+def test_onednn_isa_cap_imitates_an_avx2_only_cpu():
+  capped = hardware.cpu(CPUINFO, environ={'ONEDNN_MAX_CPU_ISA': 'avx2'},
+                        architecture='x86_64', cores=2)
+  assert capped.features == ('avx2',)
+  assert hardware.resolve_precision(capped) == 'float32'
+
+
+def test_this_machines_profile_and_its_dict():
+  cpu = hardware.cpu()
+  assert cpu.cores >= 1 and cpu.model
+  record = hardware.as_dict(cpu, [hardware.Gpu('A100', (8, 0))])
+  assert record['gpus'] == [{'name': 'A100', 'compute_capability': (8, 0)}]
+  assert record['summary'].endswith('GPU A100 (compute capability 8.0)')
