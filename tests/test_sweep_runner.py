@@ -111,9 +111,12 @@ def test_sigint_stops_running_children_cleanly_and_starts_no_more(tmp_path, fake
     os.kill(os.getpid(), signal.SIGINT)
 
   threading.Thread(target=interrupt_once_started, daemon=True).start()
+  seen = []
   with pytest.raises(errors.PreemptedError, match='Received SIGINT') as raised:
-    runner.run_jobs(jobs, parallel=2, script=fake_train)
+    runner.run_jobs(jobs, parallel=2, script=fake_train, on_done=seen.append)
   assert raised.value.exit_code == 75
+  assert [(o.job.name, o.returncode, o.stopped) for o in sorted(
+      seen, key=lambda o: o.job.name)] == [('a', 75, True), ('b', 75, True)]
   for job in jobs[:2]:  # They got SIGTERM, checkpointed and exited.
     assert os.path.exists(os.path.join(job.model_dir, 'checkpoint'))
   assert _starts(jobs[2]) == []

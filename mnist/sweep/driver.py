@@ -39,6 +39,9 @@ def run(sweep: spec_lib.Sweep, sweep_dir: str, parallel: int = 1, log=print) -> 
       r = outcome.results
       log(f'{outcome.job.name}: {sweep.metric} {r.get(sweep.metric)}  train '
           f'{r["train_seconds"]:.1f}s  process {outcome.process_seconds:.1f}s', flush=True)
+    elif outcome.stopped:
+      log(f'{outcome.job.name}: stopped (exit {outcome.returncode}); it resumes when the '
+          'sweep is rerun', flush=True)
     else:
       log(f'{outcome.job.name}: FAILED (exit {outcome.returncode}); log: '
           f'{outcome.job.log_path}', flush=True)

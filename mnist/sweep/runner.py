@@ -36,6 +36,7 @@ class Outcome:
   returncode: int  # 0 for a run finished earlier and skipped.
   results: Optional[dict]  # Its results.json; None unless it finished.
   process_seconds: Optional[float]  # None when skipped.
+  stopped: bool = False  # Ended by the sweep's own SIGTERM (SIGINT/SIGTERM to the sweep).
 
   @property
   def skipped(self) -> bool:
@@ -108,7 +109,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 1,
           job, slot, start = running.pop(process)
           free.append(slot)
           outcomes[job] = Outcome(job, process.returncode, read_results(job.model_dir),
-                                  time.monotonic() - start)
+                                  time.monotonic() - start, stop.signalled(process))
           on_done(outcomes[job])
         time.sleep(_POLL_SECONDS)
   finally:  # An error in on_done (or the runner) leaves no training behind.
@@ -165,6 +166,9 @@ class _StopRequest:
   def _handle(self, signum, frame):
     del frame
     self.requested = signal.Signals(signum).name
+
+  def signalled(self, process) -> bool:
+    return process.pid in self._signalled
 
   def forward(self, processes):
     for process in processes:
