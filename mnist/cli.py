@@ -164,6 +164,7 @@ def _define_output_format_flag():
 
 def define_predict_flags():
   """Flags of scripts/predict.py; the image files are its positional arguments."""
+  define_runtime_flags()
   flags.DEFINE_string('model_dir', _DEFAULTS.model_dir,
                       'The training run to predict with: its config.json and latest '
                       'checkpoint.')
@@ -179,11 +180,13 @@ def define_predict_flags():
 def define_evaluate_flags():
   """Flags of scripts/evaluate.py: the data flags override the run's config.json."""
   define_data_flags()
+  define_runtime_flags()
   _define_output_format_flag()
 
 
 def define_export_flags():
   """Flags of scripts/export.py."""
+  define_runtime_flags()
   flags.DEFINE_string('model_dir', _DEFAULTS.model_dir,
                       'The training run to export: its config.json and latest checkpoint.')
   flags.DEFINE_string('export_dir', None,

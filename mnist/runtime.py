@@ -77,6 +77,21 @@ def apply_threading(config: RuntimeConfig):
     tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_threads)
 
 
+def start(config: RuntimeConfig):
+  """Sets the environment, loads TensorFlow and sizes its thread pools: the first thing
+  every script that runs TensorFlow does, once its flags are validated."""
+  apply_env(config)
+  apply_threading(config)
+
+
+def to_flags(config: RuntimeConfig) -> list:
+  """The flags that reproduce `config` in a child process (those not at their default)."""
+  default = RuntimeConfig()
+  return [f'--{field}={getattr(config, field)}'
+          for field in RuntimeConfig.__dataclass_fields__
+          if getattr(config, field) != getattr(default, field)]
+
+
 def reported_env(environ=None) -> dict:
   """The runtime variables as the process sees them (None: unset)."""
   environ = os.environ if environ is None else environ

@@ -11,6 +11,7 @@ from absl import flags
 
 from mnist import cli
 from mnist import errors
+from mnist import runtime
 
 cli.define_evaluate_flags()
 FLAGS = flags.FLAGS
@@ -19,6 +20,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise errors.ConfigError(f'Unexpected arguments: {" ".join(argv[1:])}.')
+  runtime.start(cli.runtime_config_from_flags())  # oneDNN, thread pools; loads TF.
   # pylint: disable=g-import-not-at-top
   from mnist import evaluate
   from mnist import inference

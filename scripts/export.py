@@ -11,6 +11,7 @@ from absl import flags
 
 from mnist import cli
 from mnist import errors
+from mnist import runtime
 
 cli.define_export_flags()
 FLAGS = flags.FLAGS
@@ -21,6 +22,7 @@ def main(argv):
     raise errors.ConfigError(f'Unexpected arguments: {" ".join(argv[1:])}.')
   if not FLAGS.export_dir:
     raise errors.ConfigError('--export_dir is required: the SavedModel folder to create.')
+  runtime.start(cli.runtime_config_from_flags())  # oneDNN, thread pools; loads TF.
   from mnist import export  # pylint: disable=g-import-not-at-top
   paths = export.run(FLAGS.model_dir, FLAGS.export_dir, tflite=FLAGS.tflite)
   print(json.dumps(paths), flush=True)

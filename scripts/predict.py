@@ -13,6 +13,7 @@ from absl import flags
 
 from mnist import cli
 from mnist import errors
+from mnist import runtime
 
 cli.define_predict_flags()
 FLAGS = flags.FLAGS
@@ -26,6 +27,7 @@ def main(argv):
   if FLAGS.export_dir and FLAGS['model_dir'].present:
     raise errors.ConfigError('Give --model_dir (a checkpoint) or --export_dir '
                              '(a SavedModel), not both.')
+  runtime.start(cli.runtime_config_from_flags())  # oneDNN, thread pools; loads TF.
   # pylint: disable=g-import-not-at-top
   from mnist import inference
   from mnist import predict

@@ -17,9 +17,11 @@ import tempfile
 from absl import flags
 
 from mnist import cli
+from mnist import runtime
 from mnist import speedrun
 
 cli.define_train_flags()
+cli.define_runtime_flags()  # Passed on to every training process.
 flags.DEFINE_integer('seeds', 5, 'How many seeds (--first_seed onwards).', lower_bound=1)
 flags.DEFINE_integer('first_seed', 0, 'The first seed; more seeds can then be added later.',
                      lower_bound=0)
@@ -33,6 +35,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   recipe = cli.config_to_flags(cli.train_config_from_flags())  # Validated up front.
+  recipe += runtime.to_flags(cli.runtime_config_from_flags())
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix='speedrun_')
   print(f'speedrun: {FLAGS.seeds} seeds of {" ".join(recipe)}; workdir {workdir}',
         flush=True)

@@ -15,10 +15,8 @@ cli.define_runtime_flags()
 def main(argv):
   del argv
   config = cli.train_config_from_flags()  # Validated before TensorFlow loads.
-  runtime_config = cli.runtime_config_from_flags()
-  runtime.apply_env(runtime_config)  # Before TensorFlow loads.
+  runtime.start(cli.runtime_config_from_flags())  # oneDNN, thread pools; loads TF.
   from mnist import train  # pylint: disable=g-import-not-at-top
-  runtime.apply_threading(runtime_config)
   results = train.run(config)
   print(json.dumps(results), flush=True)  # The last line of stdout.
 
