@@ -2,17 +2,20 @@
 
 TensorFlow reads TF_ENABLE_ONEDNN_OPTS, TF_NUM_INTEROP_THREADS and
 TF_NUM_INTRAOP_THREADS once, when it loads and starts its runtime, so scripts
-call `apply_env` before importing TensorFlow and `apply_threading` right after.
-The defaults change nothing: TensorFlow's own choices apply.
+call `start` (`apply_env` before importing TensorFlow, `apply_threading` right after).
+--onednn=auto turns oneDNN on where TensorFlow would leave it off on an x86 CPU with
+AVX2 (mnist/hardware.py); a TF_ENABLE_ONEDNN_OPTS in the environment wins. Thread
+pools default to TensorFlow's choice.
 """
 import dataclasses
 import os
 import sys
 
 from mnist import errors
+from mnist import hardware
 
 ONEDNN_MODES = ('auto', 'on', 'off')
-ONEDNN_ENV = 'TF_ENABLE_ONEDNN_OPTS'
+ONEDNN_ENV = hardware.ONEDNN_ENV
 INTER_OP_ENV = 'TF_NUM_INTEROP_THREADS'
 INTRA_OP_ENV = 'TF_NUM_INTRAOP_THREADS'
 # Reported, never set: official TF builds run oneDNN on TF's own thread pool, not OpenMP.
@@ -21,8 +24,8 @@ REPORTED_ENV = (ONEDNN_ENV, INTER_OP_ENV, INTRA_OP_ENV, 'OMP_NUM_THREADS')
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-  """auto / 0 mean TensorFlow's default (oneDNN is on for x86 CPUs with AVX-512
-  VNNI or BF16 or AMX, unless TF_ENABLE_ONEDNN_OPTS says otherwise; pools use all cores)."""
+  """onednn: auto (decided from the CPU; see `env_changes`), on or off. Threads: 0
+  means TensorFlow's default (all the cores this process may use)."""
   onednn: str = 'auto'
   inter_op_threads: int = 0
   intra_op_threads: int = 0
@@ -44,10 +47,15 @@ class RuntimeConfig:
     return self
 
 
-def env_changes(config: RuntimeConfig) -> dict:
-  """The environment variables `config` sets; empty for the defaults."""
+def env_changes(config: RuntimeConfig, environ=None, cpu=None) -> dict:
+  """The environment variables `config` sets. --onednn=auto asks the CPU profile
+  (`cpu`, default this one's): on for x86 with AVX2 where TensorFlow leaves it off,
+  nothing where TensorFlow turns it on itself or the user set TF_ENABLE_ONEDNN_OPTS."""
+  environ = os.environ if environ is None else environ
   changes = {}
-  if config.onednn != 'auto':
+  if config.onednn == 'auto':
+    changes.update(hardware.resolve_onednn(cpu or hardware.cpu(environ=environ), environ))
+  else:
     changes[ONEDNN_ENV] = '1' if config.onednn == 'on' else '0'
   if config.inter_op_threads:
     changes[INTER_OP_ENV] = str(config.inter_op_threads)
@@ -59,7 +67,7 @@ def env_changes(config: RuntimeConfig) -> dict:
 def apply_env(config: RuntimeConfig, environ=None) -> dict:
   """Sets the variables of `config` in `environ` (os.environ); call before TF loads."""
   environ = os.environ if environ is None else environ
-  changes = env_changes(config)
+  changes = env_changes(config, environ)
   stale = {k: v for k, v in changes.items() if environ.get(k) != v}
   if stale and environ is os.environ and 'tensorflow' in sys.modules:
     raise RuntimeError(f'TensorFlow is already loaded; setting {", ".join(stale)} now '

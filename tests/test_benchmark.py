@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from mnist import benchmark
-from mnist import benchmark_ab
-from mnist import benchmark_config
 from mnist import config as config_lib
 from mnist import errors
 from mnist import runtime
-from mnist import stats
+from mnist.benchmark import ab
+from mnist.benchmark import config as benchmark_config
+from mnist.benchmark import measure
+from mnist.benchmark import stats
 
 from conftest import REPO
 from conftest import synthetic_splits
@@ -47,17 +47,6 @@ def test_summarize_rejects_empty_or_zero_durations():
     stats.summarize([1, 0], 10)
 
 
-def test_runtime_defaults_change_nothing_and_flags_set_the_environment():
-  assert runtime.env_changes(runtime.RuntimeConfig()) == {}
-  environ = {}
-  runtime.apply_env(runtime.RuntimeConfig(onednn='off', inter_op_threads=2,
-                                          intra_op_threads=3), environ)
-  assert environ == {'TF_ENABLE_ONEDNN_OPTS': '0', 'TF_NUM_INTEROP_THREADS': '2',
-                     'TF_NUM_INTRAOP_THREADS': '3'}
-  assert runtime.env_changes(runtime.RuntimeConfig(onednn='on')) == {
-      'TF_ENABLE_ONEDNN_OPTS': '1'}
-
-
 @pytest.mark.parametrize('changes, message', [
     ({'warmup_steps': 0}, '--warmup_steps must be >= 1'),
     ({'synthetic_data': True, 'input_only': True}, 'exclude each other'),
@@ -74,12 +63,12 @@ def test_invalid_benchmark_config_names_the_problem(changes, message):
 
 def test_keras_child_gets_stock_runtime_flags_unless_tuned():
   command = ['python', 'benchmark.py', '--onednn=off']
-  stock = benchmark_ab.child_command(command, 'keras_fit', 'keras_fit')
+  stock = ab.child_command(command, 'keras_fit', 'keras_fit')
   assert stock[:3] == command and stock[3] == '--_role=keras_fit'
   assert stock[-3:] == ['--onednn=auto', '--inter_op_threads=0', '--intra_op_threads=0']
-  tuned = benchmark_ab.child_command(command, 'keras_fit', 'keras_fit_tuned')
+  tuned = ab.child_command(command, 'keras_fit', 'keras_fit_tuned')
   assert tuned == command + ['--_role=keras_fit']
-  assert benchmark_ab.child_command(command, 'ours', 'keras_fit') == command + ['--_role=ours']
+  assert ab.child_command(command, 'ours', 'keras_fit') == command + ['--_role=ours']
 
 
 def _config(**changes):
@@ -99,7 +88,7 @@ def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
   # The session's strategy: a second one over the same devices would reuse its
   # collective keys (conftest.mirrored2).
   strategy = mirrored2 if config.train.strategy == 'mirrored' else None
-  result = json.loads(json.dumps(benchmark.run(config, datasets_override=synthetic_splits(),
+  result = json.loads(json.dumps(measure.run(config, datasets_override=synthetic_splits(),
                                                strategy_override=strategy)))
   assert STATS_KEYS <= set(result)
   assert len(result['window_seconds']) == len(result['window_images_per_sec']) == 2
@@ -114,7 +103,7 @@ def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
 @pytest.mark.parametrize('role', ['ours', 'keras_fit'])
 def test_epochs_mode_times_whole_epochs(role, capsys):
   config = _config(epochs_mode=True, role=role)
-  result = json.loads(json.dumps(benchmark.run(config, datasets_override=synthetic_splits())))
+  result = json.loads(json.dumps(measure.run(config, datasets_override=synthetic_splits())))
   assert len(result['epoch_seconds']) == 2  # --epochs=2 of 512 // 64 steps.
   assert result['epoch_seconds_max_over_median'] >= 1
   assert STATS_KEYS <= set(result) and result['settings']['role'] == role
@@ -122,7 +111,7 @@ def test_epochs_mode_times_whole_epochs(role, capsys):
 
 
 def test_keras_fit_role_times_windows_in_process(capsys):
-  result = benchmark.run(_config(role='keras_fit', window_steps=5),
+  result = measure.run(_config(role='keras_fit', window_steps=5),
                          datasets_override=synthetic_splits())
   assert len(result['window_seconds']) == 2 and STATS_KEYS <= set(result)
   assert isinstance(result['settings']['xla'], bool)  # What compile's 'auto' resolved to.

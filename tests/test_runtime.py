@@ -5,9 +5,36 @@ import sys
 
 import pytest
 
+from mnist import hardware
 from mnist import runtime
 
 from conftest import REPO
+
+
+AVX2_ONLY = hardware.Cpu('AMD EPYC (Zen 3)', 'x86_64', 2, ('avx2',))
+AVX512_BF16 = hardware.Cpu('AMD EPYC (Zen 4)', 'x86_64', 2,
+                           ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16'))
+
+
+def test_auto_turns_onednn_on_only_where_tensorflow_leaves_it_off():
+  auto = runtime.RuntimeConfig()
+  assert runtime.env_changes(auto, environ={}, cpu=AVX2_ONLY) == {
+      'TF_ENABLE_ONEDNN_OPTS': '1'}
+  assert runtime.env_changes(auto, environ={}, cpu=AVX512_BF16) == {}
+  user = {'TF_ENABLE_ONEDNN_OPTS': '0'}  # Set by the user: it wins.
+  assert runtime.env_changes(auto, environ=user, cpu=AVX2_ONLY) == {}
+  runtime.apply_env(auto, user)
+  assert user == {'TF_ENABLE_ONEDNN_OPTS': '0'}
+
+
+def test_explicit_flags_set_the_environment():
+  environ = {}
+  runtime.apply_env(runtime.RuntimeConfig(onednn='off', inter_op_threads=2,
+                                          intra_op_threads=3), environ)
+  assert environ == {'TF_ENABLE_ONEDNN_OPTS': '0', 'TF_NUM_INTEROP_THREADS': '2',
+                     'TF_NUM_INTRAOP_THREADS': '3'}
+  assert runtime.env_changes(runtime.RuntimeConfig(onednn='on'), environ={}) == {
+      'TF_ENABLE_ONEDNN_OPTS': '1'}
 
 
 def test_to_flags_passes_on_only_what_differs_from_the_defaults():
