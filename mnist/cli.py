@@ -11,11 +11,11 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
-from mnist import benchmark_config
 from mnist import cluster
 from mnist import config as config_lib
 from mnist import errors
 from mnist import runtime
+from mnist.benchmark import config as benchmark_config
 
 FLAGS = flags.FLAGS
 MANUAL_DIR_ENV = 'TFDS_MANUAL_DIR'
@@ -125,7 +125,10 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS):
                        'long of the first, or all fail.', **fv)
   flags.DEFINE_bool('jit_compile', d.jit_compile, 'Compile the train step with XLA.', **fv)
   flags.DEFINE_string('mixed_precision', d.mixed_precision,
-                      'Keras dtype policy: ' + ', '.join(config_lib.PRECISIONS) + '.', **fv)
+                      'Keras dtype policy: ' + ', '.join(config_lib.PRECISION_CHOICES) +
+                      '. auto: mixed_bfloat16 where the hardware computes bfloat16 '
+                      'natively (CPUs with AVX-512 BF16 or AMX, GPUs from compute '
+                      'capability 8.0), mixed_float16 on GPUs 7.x, else float32.', **fv)
   flags.DEFINE_integer('log_every_steps', d.log_every_steps,
                        'Write train summaries and a progress line every N steps.', **fv)
   flags.DEFINE_integer('steps_per_loop', d.steps_per_loop,
@@ -307,6 +310,16 @@ def config_to_flags(config: config_lib.TrainConfig, skip=('model_dir', 'seed')) 
     text = str(value).lower() if isinstance(value, bool) else str(value)
     flags_out.append(f'--{field}={text}')
   return flags_out
+
+
+def resolve_hardware(config: config_lib.TrainConfig) -> config_lib.TrainConfig:
+  """--mixed_precision=auto made concrete for this machine (loads TensorFlow to list
+  GPUs, so call it after runtime.start). The result is what runs and is recorded."""
+  if config.mixed_precision != 'auto':
+    return config
+  from mnist import hardware  # pylint: disable=g-import-not-at-top
+  return config.replace(mixed_precision=hardware.resolve_precision(hardware.cpu(),
+                                                                   hardware.gpus()))
 
 
 def run(main):

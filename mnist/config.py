@@ -12,6 +12,9 @@ STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker', 'tpu')
 # tf.distribute.experimental.CommunicationImplementation, for --strategy=multi_worker.
 COLLECTIVE_COMMUNICATIONS = ('auto', 'ring', 'nccl')
 PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')
+# 'auto' is resolved from the hardware (mnist/hardware.py) once TensorFlow has loaded,
+# before anything is built or recorded: config.json and results.json hold the policy.
+PRECISION_CHOICES = ('auto',) + PRECISIONS
 NAN_POLICIES = ('stop', 'skip_step')
 # mnist/model.py builds them.
 MODELS = ('seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn', 'deep_cnn')
@@ -136,8 +139,8 @@ class TrainConfig:
           f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     check(self.strategy in STRATEGIES,
           f'--strategy must be one of {", ".join(STRATEGIES)}; got {self.strategy!r}.')
-    check(self.mixed_precision in PRECISIONS,
-          f'--mixed_precision must be one of {", ".join(PRECISIONS)}; '
+    check(self.mixed_precision in PRECISION_CHOICES,
+          f'--mixed_precision must be one of {", ".join(PRECISION_CHOICES)}; '
           f'got {self.mixed_precision!r}.')
     check(self.cpu_devices >= 1, f'--cpu_devices must be >= 1, got {self.cpu_devices}.')
     check(self.cpu_devices == 1 or self.strategy == 'mirrored',

@@ -37,6 +37,25 @@ def test_invalid_config_names_the_problem(changes, message):
     config_lib.TrainConfig(**changes).validate()
 
 
+def test_script_refuses_fp8_before_tensorflow_loads_and_names_auto():
+  poison = os.path.join(REPO, 'tests', 'poison_tensorflow')
+  result = _run_script('--mixed_precision=fp8', env={'PYTHONPATH': poison + os.pathsep + REPO})
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --mixed_precision must be one of auto, float32, mixed_float16, "
+      "mixed_bfloat16; got 'fp8'.")
+
+
+def test_auto_precision_is_accepted_and_the_recipes_use_it():
+  config_lib.TrainConfig(mixed_precision='auto').validate()
+  for recipe in ('fast', 'best'):
+    with open(os.path.join(REPO, 'configs', f'{recipe}.flags')) as f:
+      precision = [line for line in f if line.startswith('--mixed_precision')]
+    assert precision == ['--mixed_precision=auto\n'], recipe
+  with open(os.path.join(REPO, 'configs', 'seed.flags')) as f:
+    assert '--mixed_precision=float32\n' in f.read()  # The seed document's.
+
+
 def test_every_problem_is_reported_at_once():
   with pytest.raises(errors.ConfigError) as e:
     config_lib.TrainConfig(batch_size=0, epochs=-2).validate()

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from mnist import hardware
 from mnist import speedrun
 
 from conftest import REPO
@@ -56,3 +57,8 @@ def test_speedrun_script_runs_seeds_and_the_baseline(tmp_path, manual_dir):
   assert report['baseline']['seconds_to_target'] is not None
   assert report['baseline_seconds_to_target_over_recipe_train_seconds'] > 0
   assert 'seed 4: test accuracy' in result.stdout and 'stdev' in result.stdout
+  # fast.flags asks for --mixed_precision=auto; each run records what it resolved to.
+  expected = hardware.resolve_precision(hardware.cpu())  # No GPU in CI.
+  with open(tmp_path / 'work' / 'recipe_seed3' / 'config.json') as f:
+    assert json.load(f)['mixed_precision'] == expected
+  assert report['runs'] and '--mixed_precision=auto' in report['recipe']
