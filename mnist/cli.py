@@ -295,8 +295,13 @@ def benchmark_config_from_flags() -> benchmark_config.BenchmarkConfig:
   values = {field: FLAGS[field].value
             for field in benchmark_config.BenchmarkConfig.__dataclass_fields__
             if field in FLAGS and field not in ('train', 'runtime')}
+  # The runtime flags unvalidated here: BenchmarkConfig.validate names their problems
+  # together with the benchmark's own.
+  runtime_config = runtime.RuntimeConfig(onednn=FLAGS.onednn,
+                                         inter_op_threads=FLAGS.inter_op_threads,
+                                         intra_op_threads=FLAGS.intra_op_threads)
   return benchmark_config.BenchmarkConfig(
-      train=train_config_from_flags(), runtime=runtime_config_from_flags(),  # Validated below.
+      train=train_config_from_flags(), runtime=runtime_config,
       role=FLAGS['_role'].value, **values).validate()
 
 

@@ -20,13 +20,16 @@ def main(argv):
   del argv
   config = cli.benchmark_config_from_flags()  # Validated before TensorFlow loads.
   if config.baseline and not config.role:
-    from mnist import benchmark_ab  # pylint: disable=g-import-not-at-top
+    from mnist.benchmark import ab  # pylint: disable=g-import-not-at-top
     command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
-    result = benchmark_ab.run(config, command)  # TensorFlow loads in the children only.
+    result = ab.run(config, command)  # TensorFlow loads in the children only.
   else:
     runtime.apply_env(config.runtime)  # Before TensorFlow loads.
-    from mnist import benchmark  # pylint: disable=g-import-not-at-top
-    result = benchmark.run(config)
+    # --mixed_precision=auto made concrete, as training does: the header, JSON and
+    # ceiling hold the policy that ran.
+    config = config.replace(train=cli.resolve_hardware(config.train))
+    from mnist.benchmark import measure  # pylint: disable=g-import-not-at-top
+    result = measure.run(config)
   print(json.dumps(result), flush=True)  # The last line of stdout.
 
 

@@ -10,6 +10,7 @@ from mnist import config as config_lib
 from mnist import errors
 from mnist import runtime
 from mnist.benchmark import ab
+from mnist.benchmark import ceiling
 from mnist.benchmark import config as benchmark_config
 from mnist.benchmark import measure
 from mnist.benchmark import stats
@@ -18,7 +19,18 @@ from conftest import REPO
 from conftest import synthetic_splits
 
 STATS_KEYS = {'images_per_sec_median', 'images_per_sec_mean', 'images_per_sec_stderr',
-              'images_per_sec_jitter', 'peak_rss_mib', 'settings'}
+              'images_per_sec_jitter', 'peak_rss_mib', 'settings', 'model_flops_per_image',
+              'ceiling_flops_per_sec', 'ceiling_images_per_sec', 'fraction_of_ceiling'}
+SEED_CNN_TRAINING_FLOPS = 15_786_240  # 3 x 5,262,080 (tests/test_benchmark_flops.py).
+
+
+def _assert_relative_to_the_ceiling(result, model_flops=SEED_CNN_TRAINING_FLOPS):
+  assert result['model_flops_per_image'] == model_flops
+  assert result['ceiling_images_per_sec'] == pytest.approx(
+      result['ceiling_flops_per_sec'] / model_flops)
+  assert result['fraction_of_ceiling'] == pytest.approx(
+      result['images_per_sec_median'] / result['ceiling_images_per_sec'])
+  assert result['settings']['hardware']['cpu']['cores'] >= 1
 TINY = ('--warmup_steps=2', '--num_windows=2', '--window_steps=3')
 
 
@@ -95,9 +107,34 @@ def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
   settings = result['settings']
   assert settings['mode'] == 'windows' and settings['global_batch'] == 64
   assert {'devices', 'strategy', 'replicas', 'precision', 'xla', 'tensorflow', 'keras',
-          'onednn', 'threads', 'env'} <= set(settings)
+          'onednn', 'threads', 'env', 'hardware'} <= set(settings)
   out = capsys.readouterr().out
   assert out.index('Benchmark settings') < out.index('window 1/2') < out.index('median')
+  assert f'  hardware   {settings["hardware"]["summary"]}\n' in out
+  if config.input_only:  # No model: nothing to be relative to.
+    assert result['model_flops_per_image'] is None and result['fraction_of_ceiling'] is None
+    assert '  ceiling    none (no model)' in out
+  else:
+    _assert_relative_to_the_ceiling(result)
+    assert '  model      15.79 MFLOP per training image' in out
+    assert result['ceiling_matmul']['dtype'] == 'float32'
+    assert 'fraction of the matmul ceiling' in out
+
+
+def test_the_ceiling_is_measured_in_the_compute_dtype(capsys):
+  config = _config(synthetic_data=True, train={'mixed_precision': 'mixed_bfloat16'})
+  result = measure.run(config, datasets_override=synthetic_splits())
+  assert result['ceiling_matmul']['dtype'] == 'bfloat16'
+  _assert_relative_to_the_ceiling(result)  # The precision does not change the count.
+  assert 'bfloat16 matmul' in capsys.readouterr().out
+
+
+def test_flops_follow_the_model_flags():
+  config = _config(synthetic_data=True, train={'model': 'fast_cnn', 'width': 2.0})
+  result = measure.run(config, datasets_override=synthetic_splits())
+  # fast_cnn at width 2: 48 and 64 channels, 512 units (conv outputs 24x24 and 10x10).
+  forward = 2 * (24 * 24 * 48 * 25 + 10 * 10 * 64 * 9 * 48 + 1600 * 512 + 512 * 10)
+  _assert_relative_to_the_ceiling(result, model_flops=3 * forward)
 
 
 @pytest.mark.parametrize('role', ['ours', 'keras_fit'])
@@ -107,6 +144,7 @@ def test_epochs_mode_times_whole_epochs(role, capsys):
   assert len(result['epoch_seconds']) == 2  # --epochs=2 of 512 // 64 steps.
   assert result['epoch_seconds_max_over_median'] >= 1
   assert STATS_KEYS <= set(result) and result['settings']['role'] == role
+  _assert_relative_to_the_ceiling(result)
   assert 'epoch 2/2: 8 steps' in capsys.readouterr().out
 
 
@@ -139,11 +177,18 @@ def test_script_rejects_bad_flags_before_loading_tensorflow():
 
 @pytest.mark.real_data
 def test_script_prints_settings_windows_and_json(manual_dir):
-  result = _script("--train_split=train[:1024]", *TINY, f'--tfds_manual_dir={manual_dir}')
+  result = _script("--train_split=train[:1024]", *TINY, '--mixed_precision=auto',
+                   f'--tfds_manual_dir={manual_dir}')
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.strip().splitlines()
   summary = json.loads(lines[-1])  # The last line is JSON.
   assert STATS_KEYS | {'window_seconds'} <= set(summary)
+  _assert_relative_to_the_ceiling(summary)
+  # auto is resolved for this machine, and the ceiling is timed in what it resolved to.
+  precision = summary['settings']['precision']
+  assert precision in config_lib.PRECISIONS
+  assert summary['ceiling_matmul']['dtype'] == ceiling.compute_dtype(precision)
+  assert f'  hardware   {summary["settings"]["hardware"]["summary"]}' in lines
   assert summary['settings']['data'] == 'tfds' and summary['settings']['num_train'] == 1024
   # The settings come first (after TFDS's own lines if it had to prepare the data).
   assert lines.index('Benchmark settings') < min(
@@ -159,6 +204,11 @@ def test_keras_fit_baseline_alternates_child_processes(manual_dir):
   assert {'images_per_sec_median', 'baseline_images_per_sec_median', 'ratio_median',
           'ratios', 'peak_rss_mib', 'ours', 'baseline_runs'} <= set(summary)
   assert len(summary['ratios']) == 2
+  for run in summary['ours'] + summary['baseline_runs']:  # Each child: its own ceiling.
+    _assert_relative_to_the_ceiling(run)
+  assert summary['baseline_fractions_of_ceiling'] == [
+      r['fraction_of_ceiling'] for r in summary['baseline_runs']]
+  assert 'fractions of the matmul ceiling, ours: ' in result.stdout
   assert [r['settings']['role'] for r in summary['ours'] + summary['baseline_runs']] == [
       'ours', 'ours', 'keras_fit', 'keras_fit']
   # Ours runs with our runtime flags, the stock baseline without them.

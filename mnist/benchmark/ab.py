@@ -11,8 +11,8 @@ import resource
 import statistics
 import subprocess
 
-from mnist import benchmark_config
 from mnist import errors
+from mnist.benchmark import config as benchmark_config
 
 _STOCK_RUNTIME_FLAGS = ('--onednn=auto', '--inter_op_threads=0', '--intra_op_threads=0')
 
@@ -62,6 +62,9 @@ def run(config: benchmark_config.BenchmarkConfig, command: list) -> dict:
       'baseline_images_per_sec_medians': their_medians,
       'ratios': ratios,
       'ratio_median': statistics.median(ratios),
+      # Each child measured its own ceiling; each side's fractions, in run order.
+      'ours_fractions_of_ceiling': [r['fraction_of_ceiling'] for r in ours],
+      'baseline_fractions_of_ceiling': [r['fraction_of_ceiling'] for r in theirs],
       'peak_rss_mib': max(r['peak_rss_mib'] for r in ours),
       'baseline_peak_rss_mib': max(r['peak_rss_mib'] for r in theirs),
       'driver_peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -72,6 +75,10 @@ def run(config: benchmark_config.BenchmarkConfig, command: list) -> dict:
         + ', '.join(f'{v:.1f}' for v in ours_medians))
   print(f'{config.baseline} ({len(theirs)} runs), images/s medians: '
         + ', '.join(f'{v:.1f}' for v in their_medians))
+  print('fractions of the matmul ceiling, ours: '
+        + ', '.join(f'{v:.3f}' for v in summary['ours_fractions_of_ceiling'])
+        + f'; {config.baseline}: '
+        + ', '.join(f'{v:.3f}' for v in summary['baseline_fractions_of_ceiling']))
   print('ours / baseline per pair: ' + ', '.join(f'{r:.3f}' for r in ratios))
   print(f'median ratio ours / {config.baseline}: {summary["ratio_median"]:.3f}', flush=True)
   return summary

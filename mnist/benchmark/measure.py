@@ -10,15 +10,17 @@ from typing import Optional
 
 import tensorflow as tf
 
-from mnist import benchmark_config
-from mnist import benchmark_report
 from mnist import config as config_lib
 from mnist import data
 from mnist import distribute
 from mnist import errors
-from mnist import keras_fit
 from mnist import runtime
 from mnist import train
+from mnist.benchmark import ceiling
+from mnist.benchmark import config as benchmark_config
+from mnist.benchmark import flops
+from mnist.benchmark import keras_fit
+from mnist.benchmark import report as benchmark_report
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -44,21 +46,38 @@ def run(config: benchmark_config.BenchmarkConfig,
     raise errors.ConfigError(f'--train_split={tc.train_split} has {splits.num_train} '
                              f'examples, fewer than one --batch_size={tc.batch_size}.')
   measure = _measure_keras_fit if config.role == 'keras_fit' else _measure_ours
-  settings, seconds = measure(config, strategy, splits, steps_per_epoch)
-  return benchmark_report.report(config, settings, seconds, steps_per_epoch)
+  settings, limit, seconds = measure(config, strategy, splits, steps_per_epoch)
+  return benchmark_report.report(config, settings, limit, seconds, steps_per_epoch)
+
+
+def machine_limit(model, config, strategy, passes=1) -> dict:
+  """The model's training FLOPs per image and this machine's matmul ceiling in the
+  run's compute dtype, as images/s: what the figures are relative to."""
+  model_flops = flops.training_flops_per_image(model, passes)
+  matmul = ceiling.matmul_flops_per_sec(ceiling.compute_dtype(config.train.mixed_precision))
+  # Each GPU replica has its own matmul units; CPU replicas share one pool of cores.
+  devices = strategy.num_replicas_in_sync if matmul['device'] == 'GPU' else 1
+  ceiling_flops = matmul['flops_per_sec'] * devices
+  return {'model_flops_per_image': model_flops,
+          'ceiling_flops_per_sec': ceiling_flops,
+          'ceiling_images_per_sec': ceiling_flops / model_flops,
+          'ceiling_matmul': {**matmul, 'devices': devices}}
 
 
 def _measure_ours(config, strategy, splits, steps_per_epoch):
-  """(settings, seconds per window or epoch) of our train step, or of input alone."""
+  """(settings, limit, seconds per window or epoch) of our train step, or of input
+  alone (no model: no limit)."""
   tc = config.train
-  settings = benchmark_report.describe(config, strategy, splits, steps_per_epoch,
-                                       xla=tc.jit_compile)
-  benchmark_report.print_settings(settings)
   if config.input_only:
-    step_fn = make_input_steps(strategy)
+    step_fn, limit = make_input_steps(strategy), None
   else:
     state = train.create_state(tc, splits, strategy)
     step_fn = train.train_steps_for(tc, state, strategy)
+    # Sharpness-aware minimisation takes two gradients per step.
+    limit = machine_limit(state.model, config, strategy, passes=2 if tc.sam_rho > 0 else 1)
+  settings = benchmark_report.describe(config, strategy, splits, steps_per_epoch,
+                                       xla=tc.jit_compile)
+  benchmark_report.print_settings(settings, limit)
   if config.synthetic_data:
     batch = synthetic_batch(strategy, tc.batch_size, splits, tc.seed)
     make_feed = lambda first_epoch: _SyntheticFeed(batch)
@@ -73,16 +92,18 @@ def _measure_ours(config, strategy, splits, steps_per_epoch):
   else:
     seconds = _time_windows(step_fn, make_feed(0), config.warmup_steps,
                             config.window_steps, config.num_windows, tc.steps_per_loop)
-  return settings, seconds
+  return settings, limit, seconds
 
 
 def _measure_keras_fit(config, strategy, splits, steps_per_epoch):
-  """(settings, seconds per window or epoch) of Keras model.fit on the same pipeline."""
+  """(settings, limit, seconds per window or epoch) of Keras model.fit on the same
+  pipeline."""
   tc = config.train
   model = keras_fit.compiled_model(tc, splits, strategy)
+  limit = machine_limit(model, config, strategy)  # fit takes one gradient per step.
   settings = benchmark_report.describe(config, strategy, splits, steps_per_epoch,
                                        xla=model.jit_compile)
-  benchmark_report.print_settings(settings)
+  benchmark_report.print_settings(settings, limit)
   dataset = data.train_pipeline(splits.train.cache(), splits.num_train, tc.batch_size,
                                 tc.seed, epoch=0)
   if config.epochs_mode:
@@ -90,7 +111,7 @@ def _measure_keras_fit(config, strategy, splits, steps_per_epoch):
   else:
     seconds = keras_fit.time_windows(model, dataset, config.warmup_steps,
                                      config.window_steps, config.num_windows)
-  return settings, seconds
+  return settings, limit, seconds
 
 
 # Feeds: where each tf.function call's iterator comes from.

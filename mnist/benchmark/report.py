@@ -3,12 +3,14 @@ import os
 import platform
 import resource
 import statistics
+from typing import Optional
 
 import keras
 import tensorflow as tf
 
+from mnist import hardware
 from mnist import runtime
-from mnist import stats
+from mnist.benchmark import stats
 
 
 def _onednn_enabled():
@@ -19,17 +21,6 @@ def _onednn_enabled():
     return None
 
 
-def _cpu_model():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or None
-
-
 def describe(config, strategy, splits, steps_per_epoch, xla) -> dict:
   """Everything the numbers depend on, for the header and the JSON."""
   tc, replicas = config.train, strategy.num_replicas_in_sync
@@ -37,6 +28,7 @@ def describe(config, strategy, splits, steps_per_epoch, xla) -> dict:
     data_kind = 'input_only'
   else:
     data_kind = 'synthetic' if config.synthetic_data else 'tfds'
+  cpu = hardware.cpu()
   settings = {
       'role': config.role or 'ours',
       'mode': 'epochs' if config.epochs_mode else 'windows',
@@ -45,7 +37,8 @@ def describe(config, strategy, splits, steps_per_epoch, xla) -> dict:
       'steps_per_epoch': steps_per_epoch,
       'warmup_steps': config.warmup_steps,
       'devices': [d.name for d in tf.config.list_logical_devices()],
-      'cpu': _cpu_model(), 'cpu_count': os.cpu_count(),
+      'hardware': hardware.as_dict(cpu, hardware.gpus()),
+      'cpu': cpu.model, 'cpu_count': os.cpu_count(),
       'cpus_allowed': len(os.sched_getaffinity(0)),
       'strategy': type(strategy).__name__, 'replicas': replicas,
       'global_batch': tc.batch_size, 'per_replica_batch': tc.batch_size // replicas,
@@ -67,7 +60,8 @@ def describe(config, strategy, splits, steps_per_epoch, xla) -> dict:
   return settings
 
 
-def print_settings(s: dict):
+def print_settings(s: dict, limit: Optional[dict]):
+  """The header; `limit` is measure.machine_limit's dict (None: no model)."""
   what = {'ours': 'our GradientTape train step (train.make_train_steps)',
           'keras_fit': 'Keras model.compile / model.fit (baseline)'}[s['role']]
   if s['data'] == 'input_only':
@@ -82,6 +76,7 @@ def print_settings(s: dict):
             f'x {s["window_steps"]} steps')
   threads, env = s['threads'], s['env']
   lines = [
+      ('hardware', s['hardware']['summary']),
       ('measuring', what),
       ('mode', mode),
       ('data', f'{data_text}; {s["dataset"]} {s["train_split"]}: {s["num_train"]} '
@@ -101,6 +96,9 @@ def print_settings(s: dict):
       ('threads', f'inter-op {threads["inter_op"]}, intra-op {threads["intra_op"]} '
                   '(0: TensorFlow decides); ' +
                   ', '.join(f'{k}={env[k] or "(unset)"}' for k in runtime.REPORTED_ENV[1:])),
+      ('model', f'{limit["model_flops_per_image"] / 1e6:.2f} MFLOP per training image '
+                '(conv and dense multiply-adds, 3 x forward)' if limit else 'none'),
+      ('ceiling', _ceiling_text(limit) if limit else 'none (no model)'),
   ]
   print('Benchmark settings', flush=False)
   for name, value in lines:
@@ -108,8 +106,18 @@ def print_settings(s: dict):
   print(flush=True)
 
 
-def report(config, settings, seconds, steps_per_epoch) -> dict:
-  """Prints one line per window or epoch and the statistics; returns the JSON dict."""
+def _ceiling_text(limit):
+  matmul = limit['ceiling_matmul']
+  size = matmul['matmul_size']
+  return (f'{limit["ceiling_flops_per_sec"] / 1e9:.1f} GFLOP/s, a {size}x{size} '
+          f'{matmul["dtype"]} matmul on {matmul["devices"]} {matmul["device"]}(s) here '
+          f'= {limit["ceiling_images_per_sec"]:.1f} images/s of this model')
+
+
+def report(config, settings, limit, seconds, steps_per_epoch) -> dict:
+  """Prints one line per window or epoch and the statistics; returns the JSON dict.
+
+  fraction_of_ceiling = median images/s / ceiling_images_per_sec."""
   batch = config.train.batch_size
   steps = steps_per_epoch if config.epochs_mode else config.window_steps
   name = 'epoch' if config.epochs_mode else 'window'
@@ -137,6 +145,14 @@ def report(config, settings, seconds, steps_per_epoch) -> dict:
     result['epoch_seconds_max_over_median'] = ratio
   else:
     result['windows_opening_an_epoch'] = [i + 1 for i in sorted(opens)]
+  result.update(limit or dict.fromkeys(('model_flops_per_image', 'ceiling_flops_per_sec',
+                                        'ceiling_images_per_sec', 'ceiling_matmul')))
+  result['fraction_of_ceiling'] = (summary['median'] / limit['ceiling_images_per_sec']
+                                   if limit else None)
+  if limit:
+    print(f'fraction of the matmul ceiling: {result["fraction_of_ceiling"]:.3f} '
+          f'({summary["median"]:.1f} of {limit["ceiling_images_per_sec"]:.1f} images/s; '
+          f'{summary["median"] * limit["model_flops_per_image"] / 1e9:.1f} GFLOP/s)')
   result['peak_rss_mib'] = peak_rss_mib()
   print(f'peak resident memory: {result["peak_rss_mib"]:.0f} MiB', flush=True)
   return result
