@@ -5,6 +5,11 @@ then normalise, all in float32). FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU)
 does the same in one kernel and takes bfloat16/float16 activations with float32
 statistics. On this repo's 2-core CPU it made strided_cnn's mixed_bfloat16
 training 1.87x faster (BUILD.md, Measured).
+
+Under several replicas the kernel would see only its replica's slice of the batch,
+so training there takes the statistics of the global batch instead (all-reduced
+sums, as Keras's synchronized=True) and normalises with them; one device keeps the
+fused kernel.
 """
 import keras
 import tensorflow as tf
@@ -16,7 +21,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   Same variables, momentum and epsilon as the Keras layer, so checkpoints are
   interchangeable. Two differences: the moving variance averages the unbiased
   batch variance (n / (n - 1) times Keras's), as TensorFlow's kernel does; and
-  under a multi-replica strategy the replicas' moving averages are kept equal.
+  under a multi-replica strategy it is synchronized (as Keras's
+  `synchronized=True`): the global batch's statistics, on every replica alike.
   """
 
   def build(self, input_shape):
@@ -30,6 +36,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     if mask is not None:
       raise ValueError('FusedBatchNormalization does not take a mask.')
     training = bool(training) and self.trainable
+    replica = tf.distribute.get_replica_context()
+    if training and replica is not None and replica.num_replicas_in_sync > 1:
+      return self._synchronized_training_call(inputs, replica)
     # Training: normalise with the batch's statistics, and the kernel returns the
     # updated moving averages. Inference: normalise with the moving averages.
     outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
@@ -37,11 +46,30 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         variance=self.moving_variance, epsilon=self.epsilon, is_training=training,
         exponential_avg_factor=1.0 - self.momentum if training else 1.0)
     if training:
-      replica = tf.distribute.get_replica_context()
-      if replica is not None and replica.num_replicas_in_sync > 1:
-        # Keras creates the averages unaggregated, so each replica would keep its
-        # own and checkpoints would save the first replica's: average them.
-        mean, variance = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [mean, variance])
       self.moving_mean.assign(mean)
       self.moving_variance.assign(variance)
+    return tf.cast(outputs, self.compute_dtype)
+
+  def _synchronized_training_call(self, inputs, replica):
+    """Normalises with the global batch's mean and variance (differentiable through
+    the all-reduces) and moves the averages toward them as the kernel would: every
+    replica computes the same values, so the averages stay equal across replicas."""
+    inputs = tf.cast(inputs, tf.float32)  # Statistics in float32, as the kernel keeps them.
+    axes = [0, 1, 2]
+    # Replicas get equal slices, so the global count needs no all-reduce.
+    count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]) * replica.num_replicas_in_sync,
+                    tf.float32)
+    sum_ = lambda x: replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(x, axes))
+    mean = sum_(inputs) / count
+    # Two passes, as the kernel does: Keras's one-pass E[x^2] - E[x]^2 (its
+    # synchronized moments) loses digits to cancellation, enough to make 2 replicas
+    # drift from one device after a few Adam steps.
+    variance = sum_(tf.square(inputs - mean)) / count
+    outputs = tf.nn.batch_normalization(inputs, mean, variance, self.beta, self.gamma,
+                                        self.epsilon)
+    unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+    update = 1.0 - self.momentum
+    self.moving_mean.assign(self.moving_mean * (1 - update) + tf.stop_gradient(mean) * update)
+    self.moving_variance.assign(self.moving_variance * (1 - update) +
+                                tf.stop_gradient(unbiased) * update)
     return tf.cast(outputs, self.compute_dtype)

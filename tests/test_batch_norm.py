@@ -85,3 +85,28 @@ def test_checkpoints_of_the_keras_layer_restore_into_the_fused_one(tmp_path):
   tf.train.Checkpoint(layer=fused_layer).read(path).assert_consumed()
   for expected, got in zip(keras_layer.weights, fused_layer.weights):
     np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def test_two_replicas_normalise_with_the_global_batch_statistics(mirrored2):
+  """Each replica sees half the batch, yet normalises and updates the averages with the
+  whole batch's statistics, as one device's fused kernel does."""
+  _, one_device = _pair()
+  with mirrored2.scope():
+    _, synchronized = _pair()
+  images = _images()  # Halves with different statistics: the first 8 and the last 8.
+  images = tf.concat([images[:8] * 2.0 + 1.0, images[8:]], axis=0)
+  expected = one_device(images, training=True)
+
+  dataset = mirrored2.experimental_distribute_dataset(tf.data.Dataset.from_tensors(images))
+  @tf.function
+  def train_call(batch):
+    return mirrored2.run(lambda x: synchronized(x, training=True), args=(batch,))
+  outputs = mirrored2.experimental_local_results(train_call(next(iter(dataset))))
+  np.testing.assert_allclose(tf.concat(outputs, axis=0), expected, atol=1e-4)
+  for variable in (synchronized.moving_mean, synchronized.moving_variance):
+    first, second = mirrored2.experimental_local_results(variable.value)
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+  np.testing.assert_allclose(synchronized.moving_mean.numpy(),
+                             one_device.moving_mean.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(synchronized.moving_variance.numpy(),
+                             one_device.moving_variance.numpy(), rtol=1e-5)
