@@ -1,11 +1,14 @@
 """Training-time augmentation: a Keras layer that acts only when called with training=True.
 
 So evaluation, export and prediction see the images unchanged. It runs in float32
-ahead of the model's dtype policy, and its seed-generator state is checkpointed
-with the model (model.rng_state_variables).
+ahead of the model's dtype policy. Every parameter is drawn per example through
+mnist/randomness.py: the same transform for an example of a given step on any
+number of replicas, and nothing to checkpoint.
 """
 import keras
 import numpy as np
+
+from mnist import randomness
 
 
 class RandomDistortion(keras.layers.Layer):
@@ -26,11 +29,10 @@ class RandomDistortion(keras.layers.Layer):
   """
 
   def __init__(self, shift_pixels=2.0, rotation_degrees=10.0, zoom=0.1, elastic_alpha=0.0,
-               elastic_sigma=4.0, seed=None, **kwargs):
+               elastic_sigma=4.0, **kwargs):
     super().__init__(**kwargs)
     self.shift_pixels, self.rotation_degrees, self.zoom = shift_pixels, rotation_degrees, zoom
-    self.elastic_alpha, self.elastic_sigma, self.seed = elastic_alpha, elastic_sigma, seed
-    self.seed_generator = keras.random.SeedGenerator(seed)
+    self.elastic_alpha, self.elastic_sigma = elastic_alpha, elastic_sigma
     radius = int(3 * elastic_sigma + 0.5)
     gaussian = np.exp(-np.arange(-radius, radius + 1)**2 / (2 * elastic_sigma**2))
     self._gaussian = (gaussian / gaussian.sum()).astype('float32')
@@ -40,7 +42,7 @@ class RandomDistortion(keras.layers.Layer):
       return images
     batch, height, width, _ = keras.ops.shape(images)
     def uniform(limit):  # One value per image, broadcast over (row, column).
-      return keras.random.uniform((batch, 1, 1), -limit, limit, seed=self.seed_generator)
+      return randomness.uniform(batch, (1, 1), -limit, limit)
     angle = uniform(np.deg2rad(self.rotation_degrees))
     scale = 1.0 + uniform(self.zoom)
     shift_y, shift_x = uniform(self.shift_pixels), uniform(self.shift_pixels)
@@ -57,8 +59,7 @@ class RandomDistortion(keras.layers.Layer):
 
   def _elastic_field(self, batch, height, width):
     """(batch, height, width, 2) displacements in pixels: rows, then columns."""
-    noise = keras.random.uniform((batch, height, width, 2), -1.0, 1.0,
-                                 seed=self.seed_generator)
+    noise = randomness.uniform(batch, (height, width, 2), -1.0, 1.0)
     # A 2-D Gaussian is separable: blur down the columns, then along the rows.
     size = len(self._gaussian)
     taps = np.tile(self._gaussian[:, None, None], (1, 2, 1))  # One filter per axis.
@@ -72,8 +73,7 @@ class RandomDistortion(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), 'shift_pixels': self.shift_pixels,
             'rotation_degrees': self.rotation_degrees, 'zoom': self.zoom,
-            'elastic_alpha': self.elastic_alpha, 'elastic_sigma': self.elastic_sigma,
-            'seed': self.seed}
+            'elastic_alpha': self.elastic_alpha, 'elastic_sigma': self.elastic_sigma}
 
 
 class RandomCutout(keras.layers.Layer):
@@ -81,17 +81,16 @@ class RandomCutout(keras.layers.Layer):
   (DeVries & Taylor 2017, 'cutout'); near a border part of the square falls outside,
   so less is erased. Acts only when training, like RandomDistortion."""
 
-  def __init__(self, size, seed=None, **kwargs):
+  def __init__(self, size, **kwargs):
     super().__init__(**kwargs)
-    self.size, self.seed = size, seed
-    self.seed_generator = keras.random.SeedGenerator(seed)
+    self.size = size
 
   def call(self, images, training=None):
     if not training:
       return images
     batch, height, width, _ = keras.ops.shape(images)
     def centre(extent):  # One per image, broadcast over (row, column).
-      return keras.random.uniform((batch, 1, 1), 0.0, extent, seed=self.seed_generator)
+      return randomness.uniform(batch, (1, 1), 0.0, keras.ops.cast(extent, 'float32'))
     centre_y, centre_x = centre(height), centre(width)
     # Pixel i covers [i, i + 1); the square holds the pixels whose centres are within
     # size / 2 of its centre on both axes: `size` of them per axis away from borders.
@@ -105,7 +104,7 @@ class RandomCutout(keras.layers.Layer):
     return input_shape
 
   def get_config(self):
-    return {**super().get_config(), 'size': self.size, 'seed': self.seed}
+    return {**super().get_config(), 'size': self.size}
 
 
 def _bilinear_sample(images, source_y, source_x):
@@ -134,7 +133,7 @@ def _bilinear_sample(images, source_y, source_x):
 
 
 def augmentation_layers(shift_pixels=2.0, rotation_degrees=10.0, zoom=0.1, elastic_alpha=0.0,
-                        elastic_sigma=4.0, seed=None, cutout_pixels=0) -> list:
+                        elastic_sigma=4.0, cutout_pixels=0) -> list:
   """The training-time augmentation for these sizes: [] when every size is 0.
 
   The defaults (±2 px, ±10°, ±10%, no elastic distortion, no cutout) are MNIST-style
@@ -143,7 +142,7 @@ def augmentation_layers(shift_pixels=2.0, rotation_degrees=10.0, zoom=0.1, elast
   layers = []
   if shift_pixels or rotation_degrees or zoom or elastic_alpha:
     layers.append(RandomDistortion(shift_pixels, rotation_degrees, zoom, elastic_alpha,
-                                   elastic_sigma, seed=seed))
+                                   elastic_sigma))
   if cutout_pixels:
-    layers.append(RandomCutout(cutout_pixels, seed=None if seed is None else seed + 1))
+    layers.append(RandomCutout(cutout_pixels))
   return layers

@@ -10,8 +10,13 @@ at that point can only be a mismatch.
 The choice depends only on the files (the directory's `checkpoint` state file and
 the checkpoints it lists), so every worker of a multi-worker run, reading the
 chief's directory, resumes from the same checkpoint.
+
+Checkpoints from before per-example randomness (mnist/randomness.py) also hold the
+dropout and augmentation seed generators' states, under `rng/`: they restore, with
+those states read and dropped.
 """
 import os
+import re
 from typing import Dict, List, Optional, Tuple
 
 from absl import logging
@@ -75,6 +80,13 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str) -> Optional[str]:
                     'checkpoint. The damaged files are left in place.', bad, reason, path)
   if path is None:
     return None
+  legacy_rng = _legacy_rng_states(path)
+  if legacy_rng:
+    logging.warning('Checkpoint %s is from before per-example randomness: its %d '
+                    'random-generator states are no longer used and are dropped. Training '
+                    'continues with draws derived from (seed, step), so not with the masks '
+                    'and transforms the older code would have drawn.', path, len(legacy_rng))
+    checkpoint.rng = legacy_rng  # Consumes them, so the rest is still checked whole.
   try:
     checkpoint.restore(path).assert_consumed()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
@@ -82,7 +94,19 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str) -> Optional[str]:
         f'The checkpoint {path} does not match this model and flags (a different model, '
         f'precision or optimizer?). Use a new --model_dir or the original flags. '
         f'Details: {errors.first_line(e)}') from None
+  finally:
+    if legacy_rng:
+      del checkpoint.rng  # Not saved again.
   return path
+
+
+def _legacy_rng_states(path: str) -> List[tf.Variable]:
+  """Throwaway variables for the `rng/<i>` states an older checkpoint holds, in order."""
+  reader = tf.train.load_checkpoint(path)
+  indexes = sorted(int(m.group(1)) for name in reader.get_variable_to_shape_map()
+                   for m in [re.fullmatch(r'rng/(\d+)/\.ATTRIBUTES/VARIABLE_VALUE', name)] if m)
+  return [tf.Variable(reader.get_tensor(f'rng/{i}/.ATTRIBUTES/VARIABLE_VALUE'))
+          for i in indexes]
 
 
 def _describe(damaged: Dict[str, str]) -> str:

@@ -6,6 +6,7 @@ import keras
 
 from mnist import augment as augment_lib
 from mnist import batch_norm as batch_norm_lib
+from mnist import randomness
 
 
 def _conv(filters, size, batch_norm, dtype, padding='valid', strides=1):
@@ -22,7 +23,7 @@ def _conv(filters, size, batch_norm, dtype, padding='valid', strides=1):
 def _head(units, num_classes, dropout_rate, dtype):
   return [keras.layers.Flatten(dtype=dtype),
           keras.layers.Dense(units, activation='relu', dtype=dtype),
-          keras.layers.Dropout(dropout_rate, dtype=dtype),
+          randomness.ExampleDropout(dropout_rate, dtype=dtype),
           keras.layers.Dense(num_classes, dtype=dtype)]
 
 
@@ -66,7 +67,7 @@ def strided_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True,
   logits; after C. Deotte's Kaggle MNIST architecture study. About 1.5x wide_cnn's
   FLOPs. `dropout_rate` applies to all three dropout layers.
   """
-  drop = lambda: [keras.layers.Dropout(dropout_rate, dtype=dtype)]
+  drop = lambda: [randomness.ExampleDropout(dropout_rate, dtype=dtype)]
   def block(filters):
     return (_conv(filters, 3, batch_norm, dtype) + _conv(filters, 3, batch_norm, dtype) +
             _conv(filters, 5, batch_norm, dtype, padding='same', strides=2) + drop())
@@ -85,7 +86,7 @@ def deep_cnn(num_classes, dtype=None, dropout_rate=0.0, batch_norm=True, width=1
   channels = _widths(width, *range(32, 177, 16))
   convs = [layer for c in channels for layer in _conv(c, 3, batch_norm, dtype)]
   return (convs + [keras.layers.Flatten(dtype=dtype),
-                   keras.layers.Dropout(dropout_rate, dtype=dtype),
+                   randomness.ExampleDropout(dropout_rate, dtype=dtype),
                    keras.layers.Dense(num_classes, dtype=dtype)])
 
 
@@ -140,11 +141,3 @@ def weights_sha256(model: keras.Model) -> str:
     digest.update(value.tobytes())
   return digest.hexdigest()
 
-
-def rng_state_variables(model: keras.Model) -> list:
-  """Variables that are not weights: the dropout layers' seed-generator states.
-
-  Checkpoints must hold them too, or a resumed run draws different dropout masks.
-  """
-  weights = {id(w) for w in model.weights}
-  return [v for v in model.variables if id(v) not in weights]

@@ -27,6 +27,7 @@ from mnist import errors
 from mnist import losses as losses_lib
 from mnist import model as model_lib
 from mnist import optim
+from mnist import randomness
 from mnist import summaries
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -34,7 +35,10 @@ SUM = tf.distribute.ReduceOp.SUM
 
 @dataclasses.dataclass
 class TrainState:
-  """What a checkpoint holds. `step` and `epoch` count completed steps and epochs."""
+  """What a checkpoint holds. `step` and `epoch` count completed steps and epochs.
+
+  No random-generator state: every draw of a step derives from (seed, step)
+  (mnist/randomness.py)."""
   model: keras.Model
   optimizer: keras.optimizers.Optimizer
   step: tf.Variable
@@ -42,8 +46,7 @@ class TrainState:
 
   def checkpoint(self) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                               step=self.step, epoch=self.epoch,
-                               rng=model_lib.rng_state_variables(self.model))
+                               step=self.step, epoch=self.epoch)
 
 
 def create_state(config: config_lib.TrainConfig, splits: data.Splits,
@@ -65,14 +68,16 @@ def create_state(config: config_lib.TrainConfig, splits: data.Splits,
 def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
                      global_batch_size: int, jit_compile: bool = False,
                      stop_on_nonfinite: bool = True, label_smoothing: float = 0.0,
-                     sam_rho: float = 0.0):
+                     sam_rho: float = 0.0, seed: int = 0):
   """Returns train_steps(iterator, num_steps) -> (summed [loss, correct, count] of the
   applied steps, batches consumed, non-finite steps skipped).
 
   A step whose loss or gradient norm is not finite is never applied. With
   stop_on_nonfinite the loop ends at that batch (consumed < num_steps) so the
   caller can name the step; otherwise it is skipped and counted. sam_rho > 0:
-  sharpness-aware minimisation (Foret et al. 2021), two passes per step.
+  sharpness-aware minimisation (Foret et al. 2021), two passes per step. Dropout
+  and augmentation draw from (seed, the step's number: state.step plus the batch's
+  place in the call), so they depend on neither the replicas nor the resume point.
   """
   local_devices = (strategy.extended.worker_devices
                    if jit_compile and strategy.num_replicas_in_sync > 1 else ())
@@ -97,16 +102,16 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
     loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
     return loss, optimizer.scale_loss(loss), stats  # Identity unless LossScaleOptimizer.
 
-  def sharpness_aware_grads(grads, images, labels, non_trainable_before):
+  def sharpness_aware_grads(grads, images, labels, step, non_trainable_before):
     """The gradient at the weights moved sam_rho along the normalised gradient,
-    through stateless_call: no variable is written. Given the non-trainable state
-    from before the first pass (random-generator states, batch-norm averages), it
-    draws the same augmentation and dropout; its batch-norm updates are dropped.
-    Per replica: each moves along its own gradient."""
+    through stateless_call: no variable is written. It reopens the step's draws,
+    so it sees the same augmentation and dropout as the first pass, and starts from
+    the batch-norm averages from before it (its updates are dropped). Per replica:
+    each moves along its own gradient."""
     scale = sam_rho / (tf.linalg.global_norm(grads) + 1e-12)  # Loss scale cancels.
     perturbed = [v.value + tf.cast(g, v.dtype) * scale
                  for v, g in zip(model.trainable_variables, grads)]
-    with tf.GradientTape() as tape:
+    with tf.GradientTape() as tape, randomness.draws(seed, step):
       tape.watch(perturbed)
       logits, _ = model.stateless_call(perturbed, non_trainable_before, images,
                                         training=True)
@@ -114,15 +119,15 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
     return tape.gradient(scaled_loss, perturbed)
 
   @tf.function(jit_compile=jit_compile)
-  def replica_grads(images, labels):
+  def replica_grads(images, labels, step):
     non_trainable_before = ([tf.identity(v.value) for v in model.non_trainable_variables]
                             if sam_rho else None)
-    with tf.GradientTape() as tape:
+    with tf.GradientTape() as tape, randomness.draws(seed, step):
       logits = model(images, training=True)
       loss, scaled_loss, stats = scaled_loss_and_stats(logits, labels)
     grads = tape.gradient(scaled_loss, model.trainable_variables)
     if sam_rho:
-      grads = sharpness_aware_grads(grads, images, labels, non_trainable_before)
+      grads = sharpness_aware_grads(grads, images, labels, step, non_trainable_before)
     finite = tf.math.is_finite(loss)
     if check_grads:
       finite &= tf.math.is_finite(tf.linalg.global_norm(grads))
@@ -134,8 +139,10 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
   @tf.function
   def train_steps(iterator, num_steps):
     totals, consumed, skipped = tf.zeros([3]), tf.constant(0), tf.constant(0)
-    for _ in tf.range(num_steps):
-      grads, stats, nonfinite = strategy.run(replica_grads, args=next(iterator))
+    first_step = state.step.read_value()  # Advanced by the caller after the call.
+    for index in tf.range(num_steps):
+      step = first_step + tf.cast(index, tf.int64)
+      grads, stats, nonfinite = strategy.run(replica_grads, args=(*next(iterator), step))
       # The decision is made across replicas (cross-replica context), as Keras'
       # LossScaleOptimizer does: a cond may not hold a merge_call in a replica.
       if strategy.reduce(SUM, nonfinite, axis=None) > 0:
@@ -157,7 +164,8 @@ def train_steps_for(config: config_lib.TrainConfig, state: TrainState,
   benchmark.py times."""
   return make_train_steps(state, strategy, config.batch_size, config.jit_compile,
                           stop_on_nonfinite=config.nan_policy == 'stop',
-                          label_smoothing=config.label_smoothing, sam_rho=config.sam_rho)
+                          label_smoothing=config.label_smoothing, sam_rho=config.sam_rho,
+                          seed=config.seed)
 
 
 def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy):

@@ -138,3 +138,36 @@ def test_checkpoint_of_another_model_is_still_a_mismatch(run_copy, caplog):
     train.run(_config(model_dir, model='fast_cnn'), datasets_override=synthetic_splits())
   assert e.value.exit_code == 2
   assert not any('damaged' in message for message in caplog.messages)
+
+
+def _write_legacy_checkpoint(model_dir, num_rng_states=2):
+  """A checkpoint as the code before per-example randomness wrote it: model, optimizer,
+  step and epoch plus the seed generators' states under `rng/`."""
+  config = _config(model_dir, epochs=1)
+  state = train.create_state(config, synthetic_splits(), tf.distribute.get_strategy())
+  state.step.assign(16)
+  state.epoch.assign(1)
+  rng = [tf.Variable([7, i], dtype=tf.int64) for i in range(num_rng_states)]
+  tf.train.CheckpointManager(
+      tf.train.Checkpoint(model=state.model, optimizer=state.optimizer, step=state.step,
+                          epoch=state.epoch, rng=rng),
+      os.path.join(model_dir, 'checkpoints'), max_to_keep=3).save(checkpoint_number=16)
+  return config
+
+
+def test_checkpoint_with_old_rng_states_restores_and_they_are_not_saved_again(tmp_path,
+                                                                              caplog):
+  config = _write_legacy_checkpoint(str(tmp_path / 'run'))
+  with caplog.at_level(logging.WARNING):
+    results = train.run(config.replace(epochs=2), datasets_override=synthetic_splits())
+  assert 'from before per-example randomness' in caplog.text
+  assert results['global_step'] == 32  # Resumed at step 16, not from scratch.
+  names = [name for name, _ in tf.train.list_variables(_prefix(config.model_dir, 32))]
+  assert not [name for name in names if name.startswith('rng/')]
+
+
+def test_old_checkpoint_of_another_model_is_still_a_mismatch(tmp_path):
+  config = _write_legacy_checkpoint(str(tmp_path / 'run'))
+  with pytest.raises(errors.CheckpointError, match='does not match this model and flags'):
+    train.run(config.replace(model='fast_cnn', epochs=2),
+              datasets_override=synthetic_splits())

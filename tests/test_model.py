@@ -5,12 +5,13 @@ import pytest
 
 from mnist import batch_norm
 from mnist import model as model_lib
+from mnist import randomness
 
 
 def test_seed_cnn_matches_the_seed_architecture():
   model = model_lib.build_model()
   assert [type(layer).__name__ for layer in model.layers] == [
-      'Conv2D', 'MaxPooling2D', 'Conv2D', 'MaxPooling2D', 'Flatten', 'Dense', 'Dropout',
+      'Conv2D', 'MaxPooling2D', 'Conv2D', 'MaxPooling2D', 'Flatten', 'Dense', 'ExampleDropout',
       'Dense']
   assert model.count_params() == 225_034  # 320 + 18,496 + 204,928 + 1,290
   logits = model(np.zeros((3, 28, 28, 1), np.float32))
@@ -61,14 +62,14 @@ def test_deep_cnn_never_pools_and_shrinks_by_two_pixels_per_conv():
   assert convs[-1].output.shape == (None, 8, 8, 176)  # 28 - 10 * 2.
 
 
-def test_strided_cnn_drops_after_each_block_and_checkpoints_every_dropout_state():
+def test_strided_cnn_drops_after_each_block_with_per_example_dropout():
   model = model_lib.build_model('strided_cnn', batch_norm=True, dropout_rate=0.3)
-  dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+  dropouts = [layer for layer in model.layers
+              if isinstance(layer, (keras.layers.Dropout, randomness.ExampleDropout))]
+  assert [type(layer) for layer in dropouts] == [randomness.ExampleDropout] * 3
   assert [layer.rate for layer in dropouts] == [0.3, 0.3, 0.3]
-  # Each dropout layer draws from its own seed generator; resume needs all of them.
-  generator_states = {id(layer.seed_generator.state) for layer in dropouts}
-  assert len(generator_states) == 3
-  assert generator_states <= {id(v) for v in model_lib.rng_state_variables(model)}
+  # Masks derive from (seed, step): the model holds no generator state, only weights.
+  assert len(model.variables) == len(model.weights)
 
 
 @pytest.mark.parametrize('name', ['seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn',

@@ -35,7 +35,7 @@ def test_two_deterministic_runs_end_with_identical_weights(tmp_path, splits):
 
 @pytest.mark.parametrize('resume_step, changes', [
     (5, {}), (16, {}), (21, {}),  # Mid-epoch, epoch end, mid-epoch 2.
-    (5, {'augment': True, 'augment_elastic_alpha': 34.0}),  # Its RNG state resumes too.
+    (5, {'augment': True, 'augment_elastic_alpha': 34.0}),  # Its draws derive from the step.
 ])
 def test_resume_from_any_checkpoint_ends_bit_identical(tmp_path, splits, resume_step, changes):
   """Rewinds a finished run to an earlier checkpoint, as a crash would leave it."""
