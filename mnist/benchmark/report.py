@@ -109,8 +109,9 @@ def print_settings(s: dict, limit: Optional[dict]):
 def _ceiling_text(limit):
   matmul = limit['ceiling_matmul']
   size = matmul['matmul_size']
+  where = 'the CPU' if matmul['device'] == 'CPU' else f'{matmul["devices"]} GPU(s)'
   return (f'{limit["ceiling_flops_per_sec"] / 1e9:.1f} GFLOP/s, a {size}x{size} '
-          f'{matmul["dtype"]} matmul on {matmul["devices"]} {matmul["device"]}(s) here '
+          f'{matmul["dtype"]} matmul on {where} here '
           f'= {limit["ceiling_images_per_sec"]:.1f} images/s of this model')
 
 
