@@ -1,10 +1,11 @@
 """TensorBoard extras beyond the loop's scalars: images, histograms, HParams, profiles.
 
 train.py calls in at a few points: `start_run`, `after_steps` (an integer
-comparison, for the profiler), `on_eval`, `on_epoch_end` and `end_run`. The
-image and histogram work runs once per epoch in functions of its own, so the
-train step and the eval step stay exactly as they are.
+comparison, for the profiler), `on_eval` (the eval pass's confusion matrix and
+mistakes, drawn on a background thread), `on_epoch_end`, `end_run` and `close`.
+The train step is exactly as it is without them.
 """
+from concurrent import futures
 import dataclasses
 
 from absl import logging
@@ -56,8 +57,7 @@ class RunSummaries:
   """Per-run TensorBoard state: writers, the extra tf.functions and the profiler."""
 
   def __init__(self, config, model, strategy, splits, train_writer, eval_writer):
-    self._model, self._strategy = model, strategy
-    self._num_classes = splits.num_classes
+    self._model = model
     self._train_writer, self._eval_writer = train_writer, eval_writer
     # Multi-worker: every worker runs the collective steps below, only the chief
     # writes (the train loop gives the others no-op writers too) or profiles.
@@ -69,7 +69,10 @@ class RunSummaries:
     self._model_dir = config.model_dir
     self._profile_range = config.profile_step_range() if self._chief else None
     self._profiling = False
-    self._predict_step = _make_predict_step(model, strategy, splits.num_classes)
+    # Images and histograms (about 1 s an epoch for the seed CNN) are drawn off the
+    # training thread, one job at a time, in order.
+    self._drawing = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='summaries')
+    self._pending = []
     self._gradient_step = _make_gradient_step(model, strategy, config.batch_size)
     # A fixed batch, so gradient norms from different epochs are comparable.
     probe = splits.train.take(config.batch_size).cache().batch(config.batch_size)
@@ -104,20 +107,23 @@ class RunSummaries:
     elif self._profiling and step >= end:
       self._stop_profiler()
 
-  def on_eval(self, step: int, eval_dataset):
-    """Confusion matrix and misclassified digits of one pass over the eval set.
+  def on_eval(self, step: int, matrix: np.ndarray, mistakes):
+    """Draws the eval pass's confusion matrix and misclassified digits (a
+    scoring.Mistakes) into TensorBoard, in the background; returns at once.
 
     Multi-worker: the matrix counts every worker's examples; the misclassified
     digits are those of the chief's replicas.
     """
-    matrix, images, labels, predictions = self._predict(eval_dataset)
     if not self._chief:
-      return  # It ran the collective steps; there is nothing to draw.
+      return
+    self._submit(self._draw_eval, step, matrix, mistakes)
+
+  def _draw_eval(self, step, matrix, mistakes):
     with self._eval_writer.as_default(step=step):
       tf.summary.image('confusion_matrix',
                        _png_batch(plots.confusion_matrix_figure(matrix)))
-      tf.summary.image('misclassified', _png_batch(
-          plots.misclassified_figure(images, labels, predictions)),
+      tf.summary.image('misclassified', _png_batch(plots.misclassified_figure(
+          mistakes.images, mistakes.labels, mistakes.predictions)),
                        description='Up to 25 eval digits, titled true→predicted.')
       tf.summary.write(CONFUSION_COUNTS_TAG, tf.constant(matrix, tf.int64),
                        metadata=summary_pb2.SummaryMetadata(
@@ -125,19 +131,43 @@ class RunSummaries:
                                plugin_name=CONFUSION_COUNTS_PLUGIN)))
     self._eval_writer.flush()
 
+  def _submit(self, draw, *args):
+    """Runs `draw` on the drawing thread once the previous epoch's work is done."""
+    if len(self._pending) > 1:  # At most this epoch's eval images and histograms queued.
+      self._wait_for_drawing()
+    self._pending.append(self._drawing.submit(draw, *args))
+
+  def _wait_for_drawing(self):
+    pending, self._pending = self._pending, []
+    for future in pending:
+      future.result()  # Raises what the drawing raised.
+
+  def close(self):
+    """Finishes the images still being drawn; call before closing the eval writer."""
+    try:
+      self._wait_for_drawing()
+    finally:
+      self._drawing.shutdown(wait=True)
+
   def on_epoch_end(self, step: int):
-    """Weight and gradient histograms, and gradient norms on the fixed batch."""
+    """Weight and gradient histograms, and gradient norms on the fixed batch: the
+    gradients here, the histograms in the background from copies of the values."""
     images, labels = next(iter(self._probe_batch))
     gradients = self._gradient_step(images, labels)
     if not self._chief:
       return
-    variables = self._model.trainable_variables
+    values = [(name, variable.numpy(), gradient.numpy()) for name, variable, gradient in
+              zip(_stable_names(self._model), self._model.trainable_variables, gradients)]
+    self._submit(self._draw_histograms, step, values)
+
+  def _draw_histograms(self, step, values):
     with self._train_writer.as_default(step=step):
-      for name, variable, gradient in zip(_stable_names(self._model), variables, gradients):
-        tf.summary.histogram(f'weights/{name}', variable.value)
+      for name, variable, gradient in values:
+        tf.summary.histogram(f'weights/{name}', variable)
         tf.summary.histogram(f'gradients/{name}', gradient)
         tf.summary.scalar(f'gradient_norm/{name}', tf.norm(gradient))
-      tf.summary.scalar('gradient_norm/global', tf.linalg.global_norm(gradients))
+      tf.summary.scalar('gradient_norm/global',
+                        tf.linalg.global_norm([gradient for _, _, gradient in values]))
     self._train_writer.flush()
 
   def end_run(self, results: dict):
@@ -154,40 +184,6 @@ class RunSummaries:
     tf.profiler.experimental.stop()
     self._profiling = False
     self._profile_range = None  # One trace per run.
-
-  def _predict(self, eval_dataset):
-    """Sums the confusion matrix; keeps the first misclassified examples, in order."""
-    matrix = tf.zeros([self._num_classes] * 2)
-    kept = []  # (image, label, prediction)
-    local = self._strategy.experimental_local_results
-    for images, labels, weights in eval_dataset:
-      predictions, batch_matrix = self._predict_step(images, labels, weights)
-      matrix += batch_matrix
-      if len(kept) >= MAX_MISCLASSIFIED:
-        continue
-      for parts in zip(*(local(t) for t in (images, labels, weights, predictions))):
-        x, y, w, p = (t.numpy() for t in parts)
-        wrong = np.flatnonzero((y != p) & (w > 0))
-        kept.extend((x[i], y[i], p[i]) for i in wrong[:MAX_MISCLASSIFIED - len(kept)])
-    images = np.array([image for image, _, _ in kept])
-    return (np.rint(matrix.numpy()).astype(np.int64), images,
-            [int(label) for _, label, _ in kept], [int(p) for _, _, p in kept])
-
-
-def _make_predict_step(model, strategy, num_classes):
-  """(per-replica predictions, summed confusion matrix) of one eval batch."""
-  @tf.function
-  def predict_step(images, labels, weights):
-    def replica_step(images, labels, weights):
-      predictions = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
-      # Weight-0 padding rows add nothing to the counts.
-      matrix = tf.math.confusion_matrix(labels, predictions, num_classes,
-                                        weights=weights, dtype=tf.float32)
-      return predictions, matrix
-    predictions, matrices = strategy.run(replica_step, args=(images, labels, weights))
-    return predictions, strategy.reduce(SUM, matrices, axis=None)
-  return predict_step
-
 
 def _make_gradient_step(model, strategy, global_batch_size):
   """Gradients of the mean loss of one batch, summed over replicas; applies nothing."""

@@ -28,6 +28,7 @@ from mnist import losses as losses_lib
 from mnist import model as model_lib
 from mnist import optim
 from mnist import randomness
+from mnist import scoring
 from mnist import summaries
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -166,27 +167,6 @@ def train_steps_for(config: config_lib.TrainConfig, state: TrainState,
                           stop_on_nonfinite=config.nan_policy == 'stop',
                           label_smoothing=config.label_smoothing, sam_rho=config.sam_rho,
                           seed=config.seed)
-
-
-def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy):
-  """Returns eval_step(images, labels, weights) -> summed [loss, correct, count]."""
-  @tf.function
-  def eval_step(images, labels, weights):
-    def replica_step(images, labels, weights):
-      return losses_lib.per_example_stats(model(images, training=False), labels, weights)[1]
-    per_replica = strategy.run(replica_step, args=(images, labels, weights))
-    return strategy.reduce(SUM, per_replica, axis=None)
-  return eval_step
-
-
-def evaluate(eval_step, dataset) -> dict:
-  """Scores every example of a distributed eval dataset; sums across replicas."""
-  totals = tf.zeros([3])
-  for batch in dataset:
-    totals += eval_step(*batch)
-  loss_sum, correct, count = totals.numpy().tolist()
-  return {'loss': loss_sum / max(count, 1), 'accuracy': correct / max(count, 1),
-          'examples': int(round(count))}
 
 
 def _restore(state: TrainState, manager: '_ChiefCheckpointManager'):
@@ -378,7 +358,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   eval_writer = writer(
       os.path.join(config.model_dir, 'validation' if splits.validation else 'eval'))
   train_steps = train_steps_for(config, state, strategy)
-  eval_step = make_eval_step(state.model, strategy)
+  eval_step = scoring.make_eval_step(state.model, strategy, splits.num_classes)
   extras = summaries.start_run(config, state.model, strategy, splits, train_writer,
                                eval_writer, int(state.step))
 
@@ -395,8 +375,9 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
       [config.checkpoint_every_steps] if config.checkpoint_every_steps else [])
 
   any_worker = distribute.make_any_worker(strategy) if multi_worker else None
+  # Closed files even on error (an unmountable disk); images still being drawn first.
   with _StopSignals(any_worker) as stop_signals, contextlib.closing(train_writer), \
-       contextlib.closing(eval_writer):  # Closed files even on error (an unmountable disk).
+       contextlib.closing(eval_writer), contextlib.closing(extras):
     # The loop: epochs of step windows; eval and a checkpoint at each epoch end.
     while int(state.epoch) < config.epochs:
       epoch = int(state.epoch)
@@ -455,10 +436,15 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
           _save(manager, step)
 
       state.epoch.assign_add(1)
+      epoch_end_start = time.perf_counter()
       with optim.ema_weights(state.model, state.optimizer):  # No-op without EMA.
-        eval_metrics = evaluate(eval_step, epoch_eval_dataset)
-        if config.epoch_summaries:
-          extras.on_eval(int(state.step), epoch_eval_dataset)  # Images: once per epoch.
+        eval_metrics = scoring.evaluate(
+            eval_step, epoch_eval_dataset, strategy,
+            keep_mistakes=summaries.MAX_MISCLASSIFIED if config.epoch_summaries else 0)
+      eval_seconds = time.perf_counter() - epoch_end_start
+      matrix, mistakes = eval_metrics.pop('confusion_matrix'), eval_metrics.pop('mistakes', None)
+      if config.epoch_summaries:
+        extras.on_eval(int(state.step), matrix, mistakes)  # Drawn in the background.
       eval_history.append({'epoch': int(state.epoch), 'step': int(state.step),
                            'seconds': time.perf_counter() - start_time,
                            'split': epoch_eval_split, **eval_metrics})
@@ -467,9 +453,12 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
       path = _save(manager, int(state.step))
       if config.epoch_summaries:
         extras.on_epoch_end(int(state.step))  # Histograms and gradient norms.
-      logging.info('epoch %d/%d  %s loss %.4f  accuracy %.4f on %d examples  saved %s',
-                   int(state.epoch), config.epochs, epoch_eval_split, eval_metrics['loss'],
-                   eval_metrics['accuracy'], eval_metrics['examples'], path)
+      epoch_end_seconds = time.perf_counter() - epoch_end_start
+      eval_history[-1].update(eval_seconds=eval_seconds, epoch_end_seconds=epoch_end_seconds)
+      logging.info('epoch %d/%d  %s loss %.4f  accuracy %.4f on %d examples  saved %s  '
+                   '(eval %.2fs, epoch end %.2fs)', int(state.epoch), config.epochs,
+                   epoch_eval_split, eval_metrics['loss'], eval_metrics['accuracy'],
+                   eval_metrics['examples'], path, eval_seconds, epoch_end_seconds)
       if stop_signals.should_stop():
         raise stop_signals.preempted(int(state.step), path)
 
@@ -478,7 +467,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   test_metrics = eval_metrics if not splits.validation else None
   if test_metrics is None:
     with optim.ema_weights(state.model, state.optimizer):
-      test_metrics = evaluate(eval_step, eval_dataset)
+      test_metrics = scoring.evaluate(eval_step, eval_dataset, strategy)
   results = {
       'test_accuracy': test_metrics['accuracy'],
       'test_loss': test_metrics['loss'],

@@ -18,6 +18,7 @@ from mnist import inference
 from mnist import losses as losses_lib
 from mnist import model as model_lib
 from mnist import optim
+from mnist import scoring
 from mnist import train
 
 from conftest import synthetic_splits
@@ -77,9 +78,9 @@ def _train_k_steps(strategy, config, splits, k):
                                 config.seed, epoch=0)
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
   totals = steps(iterator, tf.constant(k))[0].numpy()
-  eval_step = train.make_eval_step(state.model, strategy)
-  metrics = train.evaluate(eval_step, strategy.experimental_distribute_dataset(
-      data.eval_pipeline(splits.eval, splits.num_eval, config.eval_batch_size)))
+  eval_step = scoring.make_eval_step(state.model, strategy, splits.num_classes)
+  metrics = scoring.evaluate(eval_step, strategy.experimental_distribute_dataset(
+      data.eval_pipeline(splits.eval, splits.num_eval, config.eval_batch_size)), strategy)
   return [w.numpy() for w in state.model.weights], totals, metrics
 
 
@@ -286,11 +287,12 @@ def test_eval_uses_the_weight_averages_when_ema_is_on(tmp_path, splits):
   state.checkpoint().restore(
       tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
   ).assert_consumed()
-  eval_step = train.make_eval_step(state.model, tf.distribute.get_strategy())
+  strategy = tf.distribute.get_strategy()
+  eval_step = scoring.make_eval_step(state.model, strategy, splits.num_classes)
   dataset = data.eval_pipeline(splits.eval, splits.num_eval, config.eval_batch_size)
-  raw = train.evaluate(eval_step, dataset)
+  raw = scoring.evaluate(eval_step, dataset, strategy)
   with optim.ema_weights(state.model, state.optimizer):
-    averaged = train.evaluate(eval_step, dataset)
+    averaged = scoring.evaluate(eval_step, dataset, strategy)
   assert results['test_loss'] == pytest.approx(averaged['loss'], rel=1e-6)
   assert raw['loss'] != pytest.approx(averaged['loss'], rel=1e-6)
   # And what scripts/evaluate, predict and export load is the averaged model too.
