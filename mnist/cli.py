@@ -317,16 +317,6 @@ def config_to_flags(config: config_lib.TrainConfig, skip=('model_dir', 'seed')) 
   return flags_out
 
 
-def resolve_hardware(config: config_lib.TrainConfig) -> config_lib.TrainConfig:
-  """--mixed_precision=auto made concrete for this machine (loads TensorFlow to list
-  GPUs, so call it after runtime.start). The result is what runs and is recorded."""
-  if config.mixed_precision != 'auto':
-    return config
-  from mnist import hardware  # pylint: disable=g-import-not-at-top
-  return config.replace(mixed_precision=hardware.resolve_precision(hardware.cpu(),
-                                                                   hardware.gpus()))
-
-
 def run(main):
   """absl's app.run, with our errors printed as one paragraph and a non-zero exit."""
   def main_with_errors(argv):

@@ -119,6 +119,14 @@ def tf_enables_onednn(cpu_profile: Cpu) -> bool:
                                  for f in _TF_ONEDNN_DEFAULT_FEATURES)
 
 
+def resolve_auto(config):
+  """A TrainConfig with --mixed_precision=auto made concrete for this machine (loads
+  TensorFlow to list GPUs); any other config as it is. What runs is what is recorded."""
+  if config.mixed_precision != 'auto':
+    return config
+  return config.replace(mixed_precision=resolve_precision(cpu(), gpus()))
+
+
 def describe(cpu_profile: Cpu, gpu_profiles: Sequence[Gpu] = ()) -> str:
   """One line: what a figure was measured on."""
   text = (f'{cpu_profile.model} ({cpu_profile.architecture}, {cpu_profile.cores} cores; '

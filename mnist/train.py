@@ -24,6 +24,7 @@ from mnist import config as config_lib
 from mnist import data
 from mnist import distribute
 from mnist import errors
+from mnist import hardware
 from mnist import losses as losses_lib
 from mnist import model as model_lib
 from mnist import optim
@@ -169,11 +170,35 @@ def train_steps_for(config: config_lib.TrainConfig, state: TrainState,
                           seed=config.seed)
 
 
-def _restore(state: TrainState, manager: '_ChiefCheckpointManager'):
-  """Resumes from the newest intact checkpoint, refusing a partial match."""
-  path = manager.restore()
+def _restore(state: TrainState, manager: '_ChiefCheckpointManager',
+             recorded_precision: Optional[str], precision: str):
+  """Resumes from the newest intact checkpoint, refusing a partial match. The run's
+  precision may differ from the one that wrote it (--mixed_precision=auto on another
+  machine): float32 and bfloat16 checkpoints are interchangeable, float16's (with loss
+  scaling) are not, and the refusal names both."""
+  try:
+    path = manager.restore()
+  except errors.CheckpointError as e:
+    if recorded_precision and recorded_precision != precision:
+      raise errors.CheckpointError(
+          f'{e} It was written under --mixed_precision={recorded_precision} and this run '
+          f'uses {precision}: pass --mixed_precision={recorded_precision} to resume it.'
+      ) from None
+    raise
   if path:
-    logging.info('Restored %s: epoch %d, step %d.', path, int(state.epoch), int(state.step))
+    trained = (f' (written under {recorded_precision}; continuing in {precision})'
+               if recorded_precision and recorded_precision != precision else '')
+    logging.info('Restored %s: epoch %d, step %d%s.', path, int(state.epoch),
+                 int(state.step), trained)
+
+
+def _recorded_precision(model_dir: str) -> Optional[str]:
+  """The precision the run in model_dir was trained in so far (its config.json)."""
+  try:
+    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.json')) as f:
+      return config_lib.TrainConfig.from_json(f.read()).mixed_precision
+  except (tf.errors.NotFoundError, ValueError):
+    return None
 
 
 def _check_model_dir(model_dir: str):
@@ -313,8 +338,11 @@ def _report_lost_workers(run_fn):
 def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits] = None,
         strategy_override: Optional[tf.distribute.Strategy] = None) -> dict:
   """Trains (or resumes) to config.epochs, evaluating each epoch; returns results.json."""
-  config.validate()
+  config = hardware.resolve_auto(config.validate())  # --mixed_precision=auto: this machine's.
   _check_model_dir(config.model_dir)
+  machine = hardware.as_dict(hardware.cpu(), hardware.gpus())
+  logging.info('Hardware: %s. Precision %s.', machine['summary'], config.mixed_precision)
+  recorded_precision = _recorded_precision(config.model_dir)  # Before config.json is rewritten.
   if config.deterministic:
     # Process-wide and one-way: ops pick deterministic kernels from now on.
     tf.config.experimental.enable_op_determinism()
@@ -351,7 +379,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   manager = _ChiefCheckpointManager(state.checkpoint(),
                                     os.path.join(config.model_dir, 'checkpoints'),
                                     config.checkpoints_to_keep, chief, multi_worker)
-  _restore(state, manager)
+  _restore(state, manager, recorded_precision, config.mixed_precision)
   writer = (tf.summary.create_file_writer if chief
             else lambda logdir: tf.summary.create_noop_writer())
   train_writer = writer(os.path.join(config.model_dir, 'train'))
@@ -481,6 +509,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
       'num_replicas': strategy.num_replicas_in_sync,
       'eval_history': eval_history,  # This process's per-epoch evals, with seconds.
       'config': dataclasses.asdict(config),
+      'hardware': machine,  # What these figures were measured on.
   }
   if splits.validation and eval_metrics:
     results.update(validation_accuracy=eval_metrics['accuracy'],

@@ -11,6 +11,7 @@ import os
 import sys
 
 from mnist import cli
+from mnist import hardware
 from mnist import runtime
 
 cli.define_benchmark_flags()
@@ -27,7 +28,7 @@ def main(argv):
     runtime.apply_env(config.runtime)  # Before TensorFlow loads.
     # --mixed_precision=auto made concrete, as training does: the header, JSON and
     # ceiling hold the policy that ran.
-    config = config.replace(train=cli.resolve_hardware(config.train))
+    config = config.replace(train=hardware.resolve_auto(config.train))
     from mnist.benchmark import measure  # pylint: disable=g-import-not-at-top
     result = measure.run(config)
   print(json.dumps(result), flush=True)  # The last line of stdout.

@@ -16,7 +16,6 @@ def main(argv):
   del argv
   config = cli.train_config_from_flags()  # Validated before TensorFlow loads.
   runtime.start(cli.runtime_config_from_flags())  # oneDNN, thread pools; loads TF.
-  config = cli.resolve_hardware(config)  # --mixed_precision=auto -> this machine's.
   from mnist import train  # pylint: disable=g-import-not-at-top
   results = train.run(config)
   print(json.dumps(results), flush=True)  # The last line of stdout.

@@ -1,6 +1,7 @@
 """The training loop on injected data and strategies: results, resume, replicas, precision."""
 import dataclasses
 import json
+import logging
 import os
 
 import keras
@@ -14,6 +15,7 @@ from mnist import config as config_lib
 from mnist import data
 from mnist import errors
 from mnist import evaluate
+from mnist import hardware
 from mnist import inference
 from mnist import losses as losses_lib
 from mnist import model as model_lib
@@ -308,3 +310,32 @@ def test_xla_over_logical_cpu_replicas_is_refused_clearly(tmp_path, splits, mirr
   with pytest.raises(errors.ConfigError, match='XLA cannot reach variables'):
     train.run(_config(tmp_path, jit_compile=True), datasets_override=splits,
               strategy_override=mirrored2)
+
+
+def test_auto_precision_is_resolved_recorded_and_the_hardware_with_it(tmp_path, splits):
+  config = _config(tmp_path, epochs=1, mixed_precision='auto')
+  results = train.run(config, datasets_override=splits)
+  expected = hardware.resolve_precision(hardware.cpu(), hardware.gpus())
+  assert results['config']['mixed_precision'] == expected
+  with open(os.path.join(config.model_dir, 'config.json')) as f:
+    assert json.load(f)['mixed_precision'] == expected
+  assert results['hardware'] == hardware.as_dict(hardware.cpu(), hardware.gpus())
+
+
+def test_a_run_resumed_in_another_precision_says_so_or_names_both(tmp_path, splits, caplog):
+  # bfloat16 and float32 checkpoints hold the same float32 variables: it continues.
+  config = _config(tmp_path, epochs=1, mixed_precision='mixed_bfloat16')
+  train.run(config, datasets_override=splits)
+  with caplog.at_level(logging.INFO):
+    resumed = train.run(config.replace(epochs=2, mixed_precision='float32'),
+                        datasets_override=splits)
+  assert resumed['epochs_completed'] == 2
+  assert any('(written under mixed_bfloat16; continuing in float32)' in m
+             for m in caplog.messages)
+  # float16's loss scaling adds optimizer variables: refused, naming both.
+  scaled = _config(tmp_path / 'f16', epochs=1, mixed_precision='mixed_float16')
+  train.run(scaled, datasets_override=splits)
+  with pytest.raises(errors.CheckpointError,
+                     match='written under --mixed_precision=mixed_float16 and this run '
+                           'uses float32'):
+    train.run(scaled.replace(epochs=2, mixed_precision='float32'), datasets_override=splits)
