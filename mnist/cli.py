@@ -203,8 +203,10 @@ def define_runtime_flags(flag_values: flags.FlagValues = FLAGS):
   """oneDNN and thread-pool flags, applied before and right after TensorFlow loads."""
   d, fv = runtime.RuntimeConfig(), {'flag_values': flag_values}
   flags.DEFINE_string('onednn', d.onednn,
-                      'oneDNN CPU kernels: auto (TensorFlow decides; '
-                      f'${runtime.ONEDNN_ENV} is honoured), on or off.', **fv)
+                      'oneDNN CPU kernels: auto (on for x86 CPUs with AVX2, where '
+                      'TensorFlow itself turns it on only with AVX-512 VNNI/BF16 or AMX; '
+                      f'a ${runtime.ONEDNN_ENV} you set wins), on, off, or tensorflow '
+                      "(TensorFlow's own choice).", **fv)
   flags.DEFINE_integer('inter_op_threads', d.inter_op_threads,
                        'Inter-op thread pool size (0: TensorFlow decides).', **fv)
   flags.DEFINE_integer('intra_op_threads', d.intra_op_threads,

@@ -14,7 +14,8 @@ import sys
 from mnist import errors
 from mnist import hardware
 
-ONEDNN_MODES = ('auto', 'on', 'off')
+# tensorflow: leave it to TensorFlow (stock behaviour; the Keras fit baseline's).
+ONEDNN_MODES = ('auto', 'on', 'off', 'tensorflow')
 ONEDNN_ENV = hardware.ONEDNN_ENV
 INTER_OP_ENV = 'TF_NUM_INTEROP_THREADS'
 INTRA_OP_ENV = 'TF_NUM_INTRAOP_THREADS'
@@ -55,7 +56,7 @@ def env_changes(config: RuntimeConfig, environ=None, cpu=None) -> dict:
   changes = {}
   if config.onednn == 'auto':
     changes.update(hardware.resolve_onednn(cpu or hardware.cpu(environ=environ), environ))
-  else:
+  elif config.onednn != 'tensorflow':
     changes[ONEDNN_ENV] = '1' if config.onednn == 'on' else '0'
   if config.inter_op_threads:
     changes[INTER_OP_ENV] = str(config.inter_op_threads)

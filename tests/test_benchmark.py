@@ -77,7 +77,7 @@ def test_keras_child_gets_stock_runtime_flags_unless_tuned():
   command = ['python', 'benchmark.py', '--onednn=off']
   stock = ab.child_command(command, 'keras_fit', 'keras_fit')
   assert stock[:3] == command and stock[3] == '--_role=keras_fit'
-  assert stock[-3:] == ['--onednn=auto', '--inter_op_threads=0', '--intra_op_threads=0']
+  assert stock[-3:] == ['--onednn=tensorflow', '--inter_op_threads=0', '--intra_op_threads=0']
   tuned = ab.child_command(command, 'keras_fit', 'keras_fit_tuned')
   assert tuned == command + ['--_role=keras_fit']
   assert ab.child_command(command, 'ours', 'keras_fit') == command + ['--_role=ours']

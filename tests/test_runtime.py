@@ -25,6 +25,8 @@ def test_auto_turns_onednn_on_only_where_tensorflow_leaves_it_off():
   assert runtime.env_changes(auto, environ=user, cpu=AVX2_ONLY) == {}
   runtime.apply_env(auto, user)
   assert user == {'TF_ENABLE_ONEDNN_OPTS': '0'}
+  stock = runtime.RuntimeConfig(onednn='tensorflow')  # The Keras fit baseline's.
+  assert runtime.env_changes(stock, environ={}, cpu=AVX2_ONLY) == {}
 
 
 def test_explicit_flags_set_the_environment():
@@ -54,4 +56,4 @@ def test_every_tensorflow_script_refuses_a_bad_onednn_before_tensorflow_loads(sc
       env={**os.environ, 'PYTHONPATH': poison + os.pathsep + REPO})
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: --onednn must be one of auto, on, off; got 'maybe'.")
+      "error: --onednn must be one of auto, on, off, tensorflow; got 'maybe'.")

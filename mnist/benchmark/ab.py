@@ -14,7 +14,10 @@ import subprocess
 from mnist import errors
 from mnist.benchmark import config as benchmark_config
 
-_STOCK_RUNTIME_FLAGS = ('--onednn=auto', '--inter_op_threads=0', '--intra_op_threads=0')
+# Stock: what TensorFlow does by itself (not our --onednn=auto, which turns oneDNN on
+# where TensorFlow leaves it off).
+_STOCK_RUNTIME_FLAGS = ('--onednn=tensorflow', '--inter_op_threads=0',
+                        '--intra_op_threads=0')
 
 
 def child_command(command: list, role: str, baseline: str) -> list:
