@@ -1,8 +1,8 @@
 """TensorBoard extras beyond the loop's scalars: images, histograms, HParams, profiles.
 
 train.py calls in at a few points: `start_run`, `after_steps` (an integer
-comparison, for the profiler), `on_eval` (the eval pass's confusion matrix and
-mistakes, drawn on a background thread), `on_epoch_end`, `end_run` and `close`.
+comparison, for the profiler), `on_epoch_end` (the eval pass's confusion matrix
+and mistakes, histograms; drawn on a background thread), `end_run` and `close`.
 The train step is exactly as it is without them.
 """
 from concurrent import futures
@@ -107,17 +107,6 @@ class RunSummaries:
     elif self._profiling and step >= end:
       self._stop_profiler()
 
-  def on_eval(self, step: int, matrix: np.ndarray, mistakes):
-    """Draws the eval pass's confusion matrix and misclassified digits (a
-    scoring.Mistakes) into TensorBoard, in the background; returns at once.
-
-    Multi-worker: the matrix counts every worker's examples; the misclassified
-    digits are those of the chief's replicas.
-    """
-    if not self._chief:
-      return
-    self._submit(self._draw_eval, step, matrix, mistakes)
-
   def _draw_eval(self, step, matrix, mistakes):
     with self._eval_writer.as_default(step=step):
       tf.summary.image('confusion_matrix',
@@ -133,7 +122,7 @@ class RunSummaries:
 
   def _submit(self, draw, *args):
     """Runs `draw` on the drawing thread once the previous epoch's work is done."""
-    if len(self._pending) > 1:  # At most this epoch's eval images and histograms queued.
+    if len(self._pending) > 1:  # At most one epoch's histograms and images queued.
       self._wait_for_drawing()
     self._pending.append(self._drawing.submit(draw, *args))
 
@@ -149,9 +138,15 @@ class RunSummaries:
     finally:
       self._drawing.shutdown(wait=True)
 
-  def on_epoch_end(self, step: int):
-    """Weight and gradient histograms, and gradient norms on the fixed batch: the
-    gradients here, the histograms in the background from copies of the values."""
+  def on_epoch_end(self, step: int, matrix: np.ndarray, mistakes):
+    """The eval pass's confusion matrix and misclassified digits (a scoring.Mistakes),
+    weight and gradient histograms and gradient norms on the fixed batch: the
+    gradients here, the drawing on the background thread from copies, so it overlaps
+    the next epoch's steps rather than the epoch end.
+
+    Multi-worker: every worker computes the gradients (collective); the chief draws.
+    The matrix counts every worker's examples; the digits are the chief's replicas'.
+    """
     images, labels = next(iter(self._probe_batch))
     gradients = self._gradient_step(images, labels)
     if not self._chief:
@@ -159,6 +154,7 @@ class RunSummaries:
     values = [(name, variable.numpy(), gradient.numpy()) for name, variable, gradient in
               zip(_stable_names(self._model), self._model.trainable_variables, gradients)]
     self._submit(self._draw_histograms, step, values)
+    self._submit(self._draw_eval, step, matrix, mistakes)
 
   def _draw_histograms(self, step, values):
     with self._train_writer.as_default(step=step):

@@ -471,16 +471,14 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
             keep_mistakes=summaries.MAX_MISCLASSIFIED if config.epoch_summaries else 0)
       eval_seconds = time.perf_counter() - epoch_end_start
       matrix, mistakes = eval_metrics.pop('confusion_matrix'), eval_metrics.pop('mistakes', None)
-      if config.epoch_summaries:
-        extras.on_eval(int(state.step), matrix, mistakes)  # Drawn in the background.
       eval_history.append({'epoch': int(state.epoch), 'step': int(state.step),
                            'seconds': time.perf_counter() - start_time,
                            'split': epoch_eval_split, **eval_metrics})
       _write_scalars(eval_writer, int(state.step),
                      {'loss': eval_metrics['loss'], 'accuracy': eval_metrics['accuracy']})
       path = _save(manager, int(state.step))
-      if config.epoch_summaries:
-        extras.on_epoch_end(int(state.step))  # Histograms and gradient norms.
+      if config.epoch_summaries:  # Drawn in the background, during the next epoch.
+        extras.on_epoch_end(int(state.step), matrix, mistakes)
       epoch_end_seconds = time.perf_counter() - epoch_end_start
       eval_history[-1].update(eval_seconds=eval_seconds, epoch_end_seconds=epoch_end_seconds)
       logging.info('epoch %d/%d  %s loss %.4f  accuracy %.4f on %d examples  saved %s  '
