@@ -213,7 +213,7 @@ def test_keras_fit_baseline_alternates_child_processes(manual_dir):
       'ours', 'ours', 'keras_fit', 'keras_fit']
   # Ours runs with our runtime flags, the stock baseline without them.
   assert summary['ours'][0]['settings']['onednn']['flag'] == 'on'
-  assert summary['baseline_runs'][0]['settings']['onednn']['flag'] == 'auto'
+  assert summary['baseline_runs'][0]['settings']['onednn']['flag'] == 'tensorflow'
   labels = [line.split(']')[0] for line in result.stdout.splitlines() if line.startswith('[')]
   order = [label for i, label in enumerate(labels) if i == 0 or label != labels[i - 1]]
   assert order == ['[ours 1/2', '[keras_fit 1/2', '[ours 2/2', '[keras_fit 2/2']
