@@ -139,7 +139,10 @@ def describe(cpu_profile: Cpu, gpu_profiles: Sequence[Gpu] = ()) -> str:
 
 
 def as_dict(cpu_profile: Cpu, gpu_profiles: Sequence[Gpu] = ()) -> dict:
-  """For results.json and the benchmark JSON."""
-  return {'cpu': dataclasses.asdict(cpu_profile),
-          'gpus': [dataclasses.asdict(g) for g in gpu_profiles],
-          'summary': describe(cpu_profile, gpu_profiles)}
+  """For results.json and the benchmark JSON: JSON's own types (lists, not tuples), so
+  the dict a run returns equals the results.json it writes."""
+  gpus = [{'name': g.name, 'compute_capability': (list(g.compute_capability)
+                                                  if g.compute_capability else None)}
+          for g in gpu_profiles]
+  return {'cpu': {**dataclasses.asdict(cpu_profile), 'features': list(cpu_profile.features)},
+          'gpus': gpus, 'summary': describe(cpu_profile, gpu_profiles)}

@@ -86,5 +86,6 @@ def test_this_machines_profile_and_its_dict():
   cpu = hardware.cpu()
   assert cpu.cores >= 1 and cpu.model
   record = hardware.as_dict(cpu, [hardware.Gpu('A100', (8, 0))])
-  assert record['gpus'] == [{'name': 'A100', 'compute_capability': (8, 0)}]
+  assert record['gpus'] == [{'name': 'A100', 'compute_capability': [8, 0]}]
+  assert record['cpu']['features'] == list(cpu.features)  # JSON's types.
   assert record['summary'].endswith('GPU A100 (compute capability 8.0)')

@@ -326,7 +326,7 @@ def test_a_run_resumed_in_another_precision_says_so_or_names_both(tmp_path, spli
   # bfloat16 and float32 checkpoints hold the same float32 variables: it continues.
   config = _config(tmp_path, epochs=1, mixed_precision='mixed_bfloat16')
   train.run(config, datasets_override=splits)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='absl'):  # Earlier tests may raise its level.
     resumed = train.run(config.replace(epochs=2, mixed_precision='float32'),
                         datasets_override=splits)
   assert resumed['epochs_completed'] == 2
