@@ -16,6 +16,10 @@ PRECISIONS = ('float32', 'mixed_float16', 'mixed_bfloat16')
 # before anything is built or recorded: config.json and results.json hold the policy.
 PRECISION_CHOICES = ('auto',) + PRECISIONS
 NAN_POLICIES = ('stop', 'skip_step')
+# A run's final metrics in results.json: written as scalars into the run's folder (the
+# HParams dashboard's metric columns) and what scripts/sweep.py can compare.
+RESULT_METRICS = ('validation_accuracy', 'validation_loss', 'test_accuracy', 'test_loss',
+                  'train_seconds', 'train_images_per_sec')
 # mnist/model.py builds them.
 MODELS = ('seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn', 'deep_cnn')
 SCHEDULES = ('constant', 'one_cycle', 'warmup_cosine')

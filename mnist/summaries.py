@@ -14,6 +14,7 @@ import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hp
 
+from mnist import config as config_lib
 from mnist import data
 from mnist import distribute
 from mnist import losses as losses_lib
@@ -25,12 +26,6 @@ MAX_MISCLASSIFIED = 25
 # TensorBoard shows no dashboard for this plugin name and ignores it.
 CONFUSION_COUNTS_TAG = 'confusion_matrix_counts'
 CONFUSION_COUNTS_PLUGIN = 'mnist_confusion_counts'
-
-
-# results.json values written as scalars into the run's own folder: the HParams
-# dashboard's metric columns (scripts/sweep.py's experiment names them).
-_FINAL_METRICS = ('test_accuracy', 'test_loss', 'validation_accuracy', 'validation_loss',
-                  'train_seconds', 'train_images_per_sec')
 
 
 def start_run(config, model, strategy, splits, train_writer, eval_writer,
@@ -171,7 +166,7 @@ class RunSummaries:
     if self._profiling:
       self._stop_profiler()
     with self._run_writer.as_default(step=results['global_step']):
-      for name in _FINAL_METRICS:
+      for name in config_lib.RESULT_METRICS:
         if results.get(name) is not None:
           tf.summary.scalar(name, results[name])
     self._run_writer.close()

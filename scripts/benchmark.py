@@ -11,7 +11,6 @@ import os
 import sys
 
 from mnist import cli
-from mnist import hardware
 from mnist import runtime
 
 cli.define_benchmark_flags()
@@ -26,9 +25,6 @@ def main(argv):
     result = ab.run(config, command)  # TensorFlow loads in the children only.
   else:
     runtime.apply_env(config.runtime)  # Before TensorFlow loads.
-    # --mixed_precision=auto made concrete, as training does: the header, JSON and
-    # ceiling hold the policy that ran.
-    config = config.replace(train=hardware.resolve_auto(config.train))
     from mnist.benchmark import measure  # pylint: disable=g-import-not-at-top
     result = measure.run(config)
   print(json.dumps(result), flush=True)  # The last line of stdout.

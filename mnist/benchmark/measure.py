@@ -14,6 +14,7 @@ from mnist import config as config_lib
 from mnist import data
 from mnist import distribute
 from mnist import errors
+from mnist import hardware
 from mnist import runtime
 from mnist import train
 from mnist.benchmark import ceiling
@@ -32,7 +33,9 @@ def run(config: benchmark_config.BenchmarkConfig,
 
   Tests pass `datasets_override` and `strategy_override`, as they do to train.run.
   """
-  config.validate()
+  # --mixed_precision=auto made concrete, as training does: the header, JSON and
+  # ceiling hold the policy that ran.
+  config = config.replace(train=hardware.resolve_auto(config.validate().train))
   tc = config.train
   runtime.apply_threading(config.runtime)
   if tc.deterministic:  # As training does.

@@ -16,9 +16,6 @@ from tensorboard.summary.writer import record_writer
 
 from mnist.sweep import spec as spec_lib
 
-# Scalars scripts/train.py writes into each run's own folder when it finishes.
-_FINAL_METRICS = ('test_accuracy', 'test_loss', 'train_seconds', 'train_images_per_sec')
-_VALIDATION_METRICS = ('validation_accuracy', 'validation_loss')
 
 
 def write_experiment(sweep: spec_lib.Sweep, sweep_dir: str) -> bool:
@@ -26,8 +23,9 @@ def write_experiment(sweep: spec_lib.Sweep, sweep_dir: str) -> bool:
   if glob.glob(os.path.join(sweep_dir, 'events.out.tfevents.*')):
     return False
   hparams = [hp.HParam(name) for name in (*sweep.varied_fields(), 'seed')]
-  with_validation = all(c.validation_split for c in sweep.configs.values())
-  names = (_VALIDATION_METRICS if with_validation else ()) + _FINAL_METRICS
+  # The scalars scripts/train.py writes into each run's own folder when it finishes.
+  names = [name for name in spec_lib.METRICS
+           if sweep.with_validation or not name.startswith('validation_')]
   metrics = [hp.Metric(name, display_name=name) for name in names]
   summary = hp.hparams_config_pb(hparams=hparams, metrics=metrics)
   # tensorboard's EventFileWriter would load TensorFlow (for gfile) into the sweep.

@@ -15,8 +15,7 @@ from mnist import errors
 
 SPEC_FILE = 'sweep.json'
 # results.json keys a sweep can compare on; lower is better for those ending so.
-METRICS = ('validation_accuracy', 'validation_loss', 'test_accuracy', 'test_loss',
-           'train_seconds', 'train_images_per_sec')
+METRICS = config_lib.RESULT_METRICS
 _LOWER_IS_BETTER = ('_loss', '_seconds')
 _NAME = re.compile(r'^[A-Za-z0-9._,=+-]+$')
 # Set by the sweep itself for every run, so no variant may set them.
@@ -57,6 +56,10 @@ class Sweep:
 
   def train_flags(self, run: Run) -> list:
     return [*self.base_flags, *run.variant.flags, f'--seed={run.seed}']
+
+  @property
+  def with_validation(self) -> bool:
+    return _with_validation(self.configs)
 
   @property
   def higher_is_better(self) -> bool:
@@ -151,7 +154,7 @@ def build(base_flags: Sequence[str], vary: Sequence[str], variant_specs: Sequenc
   if baseline not in names:
     raise errors.ConfigError(f'--baseline={baseline} is not a variant; the variants are '
                              f'{", ".join(names)}.')
-  with_validation = all(c.validation_split for c in configs.values())
+  with_validation = _with_validation(configs)
   metric = metric or ('validation_accuracy' if with_validation else 'test_accuracy')
   if metric not in METRICS:
     raise errors.ConfigError(f'--metric must be one of {", ".join(METRICS)}; got '
@@ -161,6 +164,11 @@ def build(base_flags: Sequence[str], vary: Sequence[str], variant_specs: Sequenc
                              "variant (e.g. --train_split='train[:55000]' "
                              "--validation_split='train[55000:]').")
   return Sweep(tuple(base_flags), tuple(variants), baseline, metric, tuple(seeds), configs)
+
+
+def _with_validation(configs: dict) -> bool:
+  """Whether every variant evaluates on a validation split (its metrics exist)."""
+  return all(c.validation_split for c in configs.values())
 
 
 def check_sweep_dir(sweep: Sweep, sweep_dir: str):
