@@ -1,4 +1,5 @@
 """The input pipeline on injected and mock data, and clear errors for bad data."""
+import logging
 import os
 import shutil
 
@@ -63,6 +64,8 @@ def test_load_splits_from_tfds_mock_data(monkeypatch):
   assert splits.num_classes == 10 and splits.image_shape == (28, 28, 1)
   image, label = next(iter(splits.train))
   assert image.dtype == tf.uint8 and image.shape == (28, 28, 1) and label.dtype == tf.int64
+  with tfds.testing.mock_data(num_examples=40):  # Mock data is never kept as decoded.
+    assert not os.path.exists(os.path.join(tfds.builder('mnist').data_dir, data.DECODED_DIR))
 
 
 @pytest.mark.real_data
@@ -118,3 +121,73 @@ def test_pipelines_run_without_autotune_and_in_deterministic_order():
                   data.eval_pipeline(splits.eval, 300, 100)):
     assert dataset.options().autotune.enabled is False
     assert dataset.options().deterministic is True
+
+
+@pytest.fixture
+def prepared_copy(tmp_path, manual_dir):
+  """A TFDS data dir of its own holding prepared MNIST (copied from the default one,
+  prepared there first if need be), so the decoded copies written are this test's."""
+  source = tfds.builder('mnist')
+  if not source.is_prepared():
+    data.prepare(source, manual_dir)
+  data_dir = tmp_path / 'tfds'
+  version_dir = data_dir / 'mnist' / str(source.version)
+  shutil.copytree(source.data_dir, version_dir,
+                  ignore=shutil.ignore_patterns(data.DECODED_DIR))
+  return str(data_dir), version_dir
+
+
+def _examples(dataset):
+  images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
+  return np.stack(images), np.array(labels)
+
+
+@pytest.mark.real_data
+def test_decoded_copy_is_written_once_and_read_instead_of_the_tfds_files(prepared_copy):
+  data_dir, version_dir = prepared_copy
+  splits = data.load_splits('mnist', 'train[:300]', 'test[:200]', data_dir=data_dir)
+  decoded = version_dir / data.DECODED_DIR
+  assert sorted(os.listdir(decoded)) == sorted([
+      'train%5B%3A300%5D.index', 'train%5B%3A300%5D.data-00000-of-00001',
+      'test%5B%3A200%5D.index', 'test%5B%3A200%5D.data-00000-of-00001'])  # No partials.
+  builder = tfds.builder('mnist', data_dir=data_dir)
+  for dataset, split in ((splits.train, 'train[:300]'), (splits.eval, 'test[:200]')):
+    images, labels = _examples(dataset)
+    tfds_images, tfds_labels = _examples(builder.as_dataset(split=split, as_supervised=True))
+    assert images.dtype == np.uint8 and images.shape == (len(labels), 28, 28, 1)
+    assert np.array_equal(images, tfds_images) and np.array_equal(labels, tfds_labels)
+  # Without TFDS's records, a second load still reads every example: from the copy.
+  for path in version_dir.glob('*.tfrecord*'):
+    path.unlink()
+  again = data.load_splits('mnist', 'train[:300]', 'test[:200]', data_dir=data_dir)
+  assert np.array_equal(_examples(again.train)[0], _examples(splits.train)[0])
+  assert np.array_equal(_examples(again.eval)[1], _examples(splits.eval)[1])
+
+
+@pytest.mark.real_data
+def test_a_killed_writers_partial_copy_is_never_read(prepared_copy):
+  data_dir, version_dir = prepared_copy
+  decoded = version_dir / data.DECODED_DIR
+  decoded.mkdir()
+  # A writer killed mid-way: its partial files, and a renamed data file whose index
+  # (renamed last) never arrived.
+  (decoded / 'train%5B%3A100%5D.partial-host-1.data-00000-of-00001').write_bytes(b'junk')
+  (decoded / 'train%5B%3A100%5D.partial-host-1_0.lockfile').write_bytes(b'')
+  (decoded / 'train%5B%3A100%5D.data-00000-of-00001').write_bytes(b'junk')
+  splits = data.load_splits('mnist', 'train[:100]', 'test[:100]', data_dir=data_dir)
+  images, labels = _examples(splits.train)
+  expected = _examples(tfds.builder('mnist', data_dir=data_dir).as_dataset(
+      split='train[:100]', as_supervised=True))
+  assert np.array_equal(images, expected[0]) and np.array_equal(labels, expected[1])
+  assert (decoded / 'train%5B%3A100%5D.index').exists()
+
+
+@pytest.mark.real_data
+def test_an_unwritable_decoded_folder_is_a_warning_and_tfds_decodes(prepared_copy, caplog):
+  data_dir, version_dir = prepared_copy
+  (version_dir / data.DECODED_DIR).write_text('a file where the folder goes')
+  with caplog.at_level(logging.WARNING, logger='absl'):
+    splits = data.load_splits('mnist', 'train[:100]', 'test[:100]', data_dir=data_dir)
+  assert 'Could not write the decoded copy of train[:100]' in caplog.text
+  assert _examples(splits.train)[0].shape == (100, 28, 28, 1)
+  assert not list(version_dir.glob('*partial*'))
