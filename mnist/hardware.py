@@ -119,12 +119,15 @@ def tf_enables_onednn(cpu_profile: Cpu) -> bool:
                                  for f in _TF_ONEDNN_DEFAULT_FEATURES)
 
 
-def resolve_auto(config):
-  """A TrainConfig with --mixed_precision=auto made concrete for this machine (loads
-  TensorFlow to list GPUs); any other config as it is. What runs is what is recorded."""
+def resolve_auto(config, cpu_profile: Optional[Cpu] = None,
+                 gpu_profiles: Optional[Sequence[Gpu]] = None):
+  """A TrainConfig with --mixed_precision=auto made concrete for the profiles given
+  (default: this machine's; listing GPUs loads TensorFlow); any other config as it
+  is. What runs is what is recorded."""
   if config.mixed_precision != 'auto':
     return config
-  return config.replace(mixed_precision=resolve_precision(cpu(), gpus()))
+  return config.replace(mixed_precision=resolve_precision(
+      cpu_profile or cpu(), gpus() if gpu_profiles is None else gpu_profiles))
 
 
 def describe(cpu_profile: Cpu, gpu_profiles: Sequence[Gpu] = ()) -> str:

@@ -96,9 +96,9 @@ def start(config: RuntimeConfig):
 def to_flags(config: RuntimeConfig) -> list:
   """The flags that reproduce `config` in a child process (those not at their default)."""
   default = RuntimeConfig()
-  return [f'--{field}={getattr(config, field)}'
-          for field in RuntimeConfig.__dataclass_fields__
-          if getattr(config, field) != getattr(default, field)]
+  return [f'--{field.name}={getattr(config, field.name)}'
+          for field in dataclasses.fields(RuntimeConfig)
+          if getattr(config, field.name) != getattr(default, field.name)]
 
 
 def reported_env(environ=None) -> dict:

@@ -338,9 +338,12 @@ def _report_lost_workers(run_fn):
 def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits] = None,
         strategy_override: Optional[tf.distribute.Strategy] = None) -> dict:
   """Trains (or resumes) to config.epochs, evaluating each epoch; returns results.json."""
-  config = hardware.resolve_auto(config.validate())  # --mixed_precision=auto: this machine's.
+  config.validate()
+  cpu_profile, gpu_profiles = hardware.cpu(), hardware.gpus()
+  # --mixed_precision=auto: this machine's.
+  config = hardware.resolve_auto(config, cpu_profile, gpu_profiles)
   _check_model_dir(config.model_dir)
-  machine = hardware.as_dict(hardware.cpu(), hardware.gpus())
+  machine = hardware.as_dict(cpu_profile, gpu_profiles)
   logging.info('Hardware: %s. Precision %s.', machine['summary'], config.mixed_precision)
   recorded_precision = _recorded_precision(config.model_dir)  # Before config.json is rewritten.
   if config.deterministic:
