@@ -51,11 +51,7 @@ def cpu(cpuinfo: Optional[str] = None, environ: Mapping[str, str] = os.environ,
   """This CPU, from /proc/cpuinfo (or the text given); features are capped by
   $ONEDNN_MAX_CPU_ISA as oneDNN caps its kernels."""
   if cpuinfo is None:
-    try:
-      with open('/proc/cpuinfo') as f:
-        cpuinfo = f.read()
-    except OSError:  # Not Linux: model and features unknown.
-      cpuinfo = ''
+    cpuinfo = _read_cpuinfo()
   fields = {}
   for line in cpuinfo.splitlines():
     key, sep, value = line.partition(':')
@@ -69,6 +65,14 @@ def cpu(cpuinfo: Optional[str] = None, environ: Mapping[str, str] = os.environ,
   return Cpu(model=fields.get('model name') or platform.processor() or 'unknown CPU',
              architecture=architecture or platform.machine(),
              cores=cores or len(os.sched_getaffinity(0)), features=tuple(features))
+
+
+def _read_cpuinfo() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return f.read()
+  except OSError:  # Not Linux: model and features unknown.
+    return ''
 
 
 def gpus() -> list:
@@ -117,6 +121,41 @@ def tf_enables_onednn(cpu_profile: Cpu) -> bool:
   """Whether TensorFlow turns oneDNN on by itself here (it reads CPUID, not the cap)."""
   return cpu_profile.x86 and any(f in cpu_profile.features
                                  for f in _TF_ONEDNN_DEFAULT_FEATURES)
+
+
+def onednn_enabled(environ: Mapping[str, str] = os.environ,
+                   cpuinfo: Optional[str] = None) -> bool:
+  """Whether TensorFlow runs oneDNN in a process with this environment: as
+  TF_ENABLE_ONEDNN_OPTS says if set (TensorFlow reads 1/true, 0/false), else its own
+  default, which reads CPUID and not $ONEDNN_MAX_CPU_ISA."""
+  value = environ.get(ONEDNN_ENV, '').strip().lower()
+  if value in ('1', 'true', '0', 'false'):
+    return value in ('1', 'true')
+  return tf_enables_onednn(cpu(cpuinfo, environ={}))
+
+
+def bfloat16_problem(precision: str, environ: Mapping[str, str] = os.environ,
+                     cpuinfo: Optional[str] = None) -> Optional[str]:
+  """Why `precision` (a Keras policy name) cannot compute here, or None.
+
+  TensorFlow hands bfloat16 ops to oneDNN on any CPU whose CPUID has AVX-512F; an
+  $ONEDNN_MAX_CPU_ISA below AVX512_CORE (the AVX2-only imitation) leaves oneDNN no
+  bfloat16 kernels, and the process aborts in the first bfloat16 op ("could not
+  create a primitive descriptor"). A real AVX2-only CPU is not affected: TensorFlow
+  keeps bfloat16 off oneDNN there.
+  """
+  if not precision.endswith('bfloat16') or not onednn_enabled(environ, cpuinfo):
+    return None
+  real, capped = cpu(cpuinfo, environ={}), cpu(cpuinfo, environ=environ)
+  if not real.x86 or 'avx512f' not in real.features or 'avx512f' in capped.features:
+    return None
+  return (f'--mixed_precision={precision} cannot run with oneDNN capped at '
+          f'{ONEDNN_ISA_ENV}={environ.get(ONEDNN_ISA_ENV)}: this CPU has AVX-512, so '
+          'TensorFlow gives bfloat16 ops to oneDNN, and the cap leaves oneDNN no bfloat16 '
+          'kernels (TensorFlow would abort in the first one). Use --mixed_precision=auto '
+          'or float32 (auto picks float32 on an AVX2-only CPU), or --onednn=off '
+          '(bfloat16 then runs in TensorFlow\'s own emulated kernels, as it does on a real '
+          f'AVX2-only CPU), or unset {ONEDNN_ISA_ENV}.')
 
 
 def resolve_auto(config, cpu_profile: Optional[Cpu] = None,

@@ -6,6 +6,8 @@ import keras
 
 from mnist import augment as augment_lib
 from mnist import batch_norm as batch_norm_lib
+from mnist import errors
+from mnist import hardware
 from mnist import randomness
 
 
@@ -108,6 +110,8 @@ def build_model(name: str = 'seed_cnn', input_shape=(28, 28, 1), num_classes: in
   """
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r}; known: {", ".join(MODELS)}.')
+  if problem := hardware.bfloat16_problem(precision):  # Not TensorFlow's abort.
+    raise errors.ConfigError(problem)
   policy = keras.DTypePolicy(precision)
   layers = MODELS[name](num_classes, dtype=policy, dropout_rate=dropout_rate,
                         batch_norm=batch_norm, width=width)

@@ -65,10 +65,15 @@ def env_changes(config: RuntimeConfig, environ=None, cpu=None) -> dict:
   return changes
 
 
-def apply_env(config: RuntimeConfig, environ=None) -> dict:
-  """Sets the variables of `config` in `environ` (os.environ); call before TF loads."""
+def apply_env(config: RuntimeConfig, environ=None, precision: str = 'float32') -> dict:
+  """Sets the variables of `config` in `environ` (os.environ); call before TF loads.
+  Refuses (ConfigError) a `precision` the resulting oneDNN cannot compute
+  (`hardware.bfloat16_problem`) rather than let TensorFlow abort on it."""
   environ = os.environ if environ is None else environ
   changes = env_changes(config, environ)
+  problem = hardware.bfloat16_problem(precision, {**environ, **changes})
+  if problem:
+    raise errors.ConfigError(problem)
   stale = {k: v for k, v in changes.items() if environ.get(k) != v}
   if stale and environ is os.environ and 'tensorflow' in sys.modules:
     raise RuntimeError(f'TensorFlow is already loaded; setting {", ".join(stale)} now '
@@ -86,10 +91,10 @@ def apply_threading(config: RuntimeConfig):
     tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_threads)
 
 
-def start(config: RuntimeConfig):
+def start(config: RuntimeConfig, precision: str = 'float32'):
   """Sets the environment, loads TensorFlow and sizes its thread pools: the first thing
   every script that runs TensorFlow does, once its flags are validated."""
-  apply_env(config)
+  apply_env(config, precision=precision)
   apply_threading(config)
 
 

@@ -24,7 +24,7 @@ def main(argv):
     command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
     result = ab.run(config, command)  # TensorFlow loads in the children only.
   else:
-    runtime.apply_env(config.runtime)  # Before TensorFlow loads.
+    runtime.apply_env(config.runtime, precision=config.train.mixed_precision)  # Before TF.
     from mnist.benchmark import measure  # pylint: disable=g-import-not-at-top
     result = measure.run(config)
   print(json.dumps(result), flush=True)  # The last line of stdout.

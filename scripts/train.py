@@ -15,7 +15,8 @@ cli.define_runtime_flags()
 def main(argv):
   del argv
   config = cli.train_config_from_flags()  # Validated before TensorFlow loads.
-  runtime.start(cli.runtime_config_from_flags())  # oneDNN, thread pools; loads TF.
+  # oneDNN, thread pools; loads TF.
+  runtime.start(cli.runtime_config_from_flags(), precision=config.mixed_precision)
   from mnist import train  # pylint: disable=g-import-not-at-top
   results = train.run(config)
   print(json.dumps(results), flush=True)  # The last line of stdout.

@@ -3,7 +3,17 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
+
+from mnist import hardware
+
+# Under the AVX2-only imitation (ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 CPU) oneDNN has
+# no bfloat16 kernels, and the bfloat16 tests would be refused (hardware.bfloat16_problem):
+# the tests run with oneDNN off, as TensorFlow runs itself on a real AVX2-only CPU (the
+# scripts they start inherit it). Set before TensorFlow loads.
+if hardware.bfloat16_problem('mixed_bfloat16'):
+  os.environ[hardware.ONEDNN_ENV] = '0'
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from tensorflow.python.framework import config as tf_config
 
 from mnist import config as config_lib

@@ -89,3 +89,35 @@ def test_this_machines_profile_and_its_dict():
   assert record['gpus'] == [{'name': 'A100', 'compute_capability': [8, 0]}]
   assert record['cpu']['features'] == list(cpu.features)  # JSON's types.
   assert record['summary'].endswith('GPU A100 (compute capability 8.0)')
+
+
+@pytest.mark.parametrize('environ, enabled', [
+    ({'TF_ENABLE_ONEDNN_OPTS': '1'}, True), ({'TF_ENABLE_ONEDNN_OPTS': 'True'}, True),
+    ({'TF_ENABLE_ONEDNN_OPTS': '0'}, False), ({'TF_ENABLE_ONEDNN_OPTS': 'false'}, False),
+    ({}, True),  # TensorFlow's own default: this CPU has AVX-512 VNNI and BF16.
+    ({'ONEDNN_MAX_CPU_ISA': 'AVX2'}, True),  # TensorFlow reads CPUID, not the cap.
+])
+def test_onednn_enabled_as_tensorflow_decides(environ, enabled):
+  assert hardware.onednn_enabled(environ, CPUINFO) == enabled
+
+
+ZEN3_CPUINFO = CPUINFO.replace(' avx512f avx512dq avx512_bf16 avx512_vnni', '')
+
+
+@pytest.mark.parametrize('precision, environ, cpuinfo, refused', [
+    # The AVX2-only imitation on an AVX-512 CPU: oneDNN gets bfloat16 ops it cannot run.
+    ('mixed_bfloat16', {'ONEDNN_MAX_CPU_ISA': 'AVX2'}, CPUINFO, True),
+    ('bfloat16', {'ONEDNN_MAX_CPU_ISA': 'avx2', 'TF_ENABLE_ONEDNN_OPTS': '1'}, CPUINFO, True),
+    ('mixed_bfloat16', {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'TF_ENABLE_ONEDNN_OPTS': '0'}, CPUINFO,
+     False),  # oneDNN off: TensorFlow's own (emulated) kernels.
+    ('float32', {'ONEDNN_MAX_CPU_ISA': 'AVX2'}, CPUINFO, False),
+    ('mixed_bfloat16', {'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE'}, CPUINFO, False),  # Emulated.
+    ('mixed_bfloat16', {}, CPUINFO, False),  # Native.
+    ('mixed_bfloat16', {'TF_ENABLE_ONEDNN_OPTS': '1'}, ZEN3_CPUINFO, False),  # Real AVX2 CPU.
+])
+def test_bfloat16_problem_only_where_capped_onednn_would_get_bfloat16(
+    precision, environ, cpuinfo, refused):
+  problem = hardware.bfloat16_problem(precision, environ, cpuinfo)
+  assert bool(problem) == refused
+  if refused:
+    assert 'ONEDNN_MAX_CPU_ISA=' in problem and '--onednn=off' in problem

@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 
 from mnist import batch_norm
+from mnist import errors
+from mnist import hardware
 from mnist import model as model_lib
 from mnist import randomness
+
+import test_hardware
 
 
 def test_seed_cnn_matches_the_seed_architecture():
@@ -39,6 +43,17 @@ def test_fingerprint_identifies_weights_not_layer_names():
 def test_unknown_model_is_rejected():
   with pytest.raises(ValueError, match='Unknown model'):
     model_lib.build_model('resnet_1000')
+
+
+def test_bfloat16_the_capped_onednn_cannot_run_is_refused_not_aborted(monkeypatch):
+  """The AVX2-only imitation on an AVX-512 CPU with oneDNN on: TensorFlow would abort
+  in the first bfloat16 op; building the model says why instead."""
+  monkeypatch.setattr(hardware, '_read_cpuinfo', lambda: test_hardware.CPUINFO)
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+  monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', '1')
+  with pytest.raises(errors.ConfigError, match='ONEDNN_MAX_CPU_ISA=AVX2'):
+    model_lib.build_model('fast_cnn', precision='mixed_bfloat16')
+  model_lib.build_model('fast_cnn', precision='float32')
 
 
 @pytest.mark.parametrize('name', ['fast_cnn', 'wide_cnn', 'strided_cnn', 'deep_cnn'])

@@ -5,8 +5,11 @@ import sys
 
 import pytest
 
+from mnist import errors
 from mnist import hardware
 from mnist import runtime
+
+import test_hardware
 
 from conftest import REPO
 
@@ -37,6 +40,19 @@ def test_explicit_flags_set_the_environment():
                      'TF_NUM_INTRAOP_THREADS': '3'}
   assert runtime.env_changes(runtime.RuntimeConfig(onednn='on'), environ={}) == {
       'TF_ENABLE_ONEDNN_OPTS': '1'}
+
+
+def test_apply_env_refuses_a_precision_the_capped_onednn_cannot_compute(monkeypatch):
+  """The AVX2-only imitation on an AVX-512 BF16 CPU: bfloat16 with oneDNN on would
+  abort TensorFlow; it is refused before TensorFlow loads, and runs with it off."""
+  monkeypatch.setattr(hardware, '_read_cpuinfo', lambda: test_hardware.CPUINFO)
+  capped = {'ONEDNN_MAX_CPU_ISA': 'AVX2'}
+  with pytest.raises(errors.ConfigError, match='--onednn=off'):
+    runtime.apply_env(runtime.RuntimeConfig(), dict(capped), precision='mixed_bfloat16')
+  runtime.apply_env(runtime.RuntimeConfig(), dict(capped), precision='float32')
+  environ = dict(capped)
+  runtime.apply_env(runtime.RuntimeConfig(onednn='off'), environ, precision='mixed_bfloat16')
+  assert environ['TF_ENABLE_ONEDNN_OPTS'] == '0'
 
 
 def test_to_flags_passes_on_only_what_differs_from_the_defaults():
