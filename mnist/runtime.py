@@ -65,15 +65,22 @@ def env_changes(config: RuntimeConfig, environ=None, cpu=None) -> dict:
   return changes
 
 
+def check_precision(config: RuntimeConfig, precision: str, environ=None) -> dict:
+  """`config`'s env_changes, or ConfigError if `precision` cannot compute under them
+  (`hardware.bfloat16_problem`: TensorFlow would abort, not say why)."""
+  environ = os.environ if environ is None else environ
+  changes = env_changes(config, environ)
+  if problem := hardware.bfloat16_problem(precision, {**environ, **changes}):
+    raise errors.ConfigError(problem)
+  return changes
+
+
 def apply_env(config: RuntimeConfig, environ=None, precision: str = 'float32') -> dict:
   """Sets the variables of `config` in `environ` (os.environ); call before TF loads.
   Refuses (ConfigError) a `precision` the resulting oneDNN cannot compute
   (`hardware.bfloat16_problem`) rather than let TensorFlow abort on it."""
   environ = os.environ if environ is None else environ
-  changes = env_changes(config, environ)
-  problem = hardware.bfloat16_problem(precision, {**environ, **changes})
-  if problem:
-    raise errors.ConfigError(problem)
+  changes = check_precision(config, precision, environ)
   stale = {k: v for k, v in changes.items() if environ.get(k) != v}
   if stale and environ is os.environ and 'tensorflow' in sys.modules:
     raise RuntimeError(f'TensorFlow is already loaded; setting {", ".join(stale)} now '

@@ -20,6 +20,7 @@ def main(argv):
   del argv
   config = cli.benchmark_config_from_flags()  # Validated before TensorFlow loads.
   if config.baseline and not config.role:
+    runtime.check_precision(config.runtime, config.train.mixed_precision)  # As children do.
     from mnist.benchmark import ab  # pylint: disable=g-import-not-at-top
     command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
     result = ab.run(config, command)  # TensorFlow loads in the children only.

@@ -34,8 +34,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  recipe = cli.config_to_flags(cli.train_config_from_flags())  # Validated up front.
-  recipe += runtime.to_flags(cli.runtime_config_from_flags())
+  config, runtime_config = cli.train_config_from_flags(), cli.runtime_config_from_flags()
+  runtime.check_precision(runtime_config, config.mixed_precision)  # Up front, as the flags.
+  recipe = cli.config_to_flags(config) + runtime.to_flags(runtime_config)
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix='speedrun_')
   print(f'speedrun: {FLAGS.seeds} seeds of {" ".join(recipe)}; workdir {workdir}',
         flush=True)

@@ -73,3 +73,21 @@ def test_every_tensorflow_script_refuses_a_bad_onednn_before_tensorflow_loads(sc
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1] == (
       "error: --onednn must be one of auto, on, off, tensorflow; got 'maybe'.")
+
+
+@pytest.mark.parametrize('script', ['train.py', 'benchmark.py', 'speedrun.py'])
+def test_scripts_refuse_bfloat16_under_the_avx2_imitation_before_tensorflow_loads(script):
+  """ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 CPU (tests/avx512_cpu makes any machine one):
+  exit 2 with the reason, where TensorFlow would abort."""
+  paths = [os.path.join(REPO, 'tests', d) for d in ('poison_tensorflow', 'avx512_cpu')]
+  environ = {k: v for k, v in os.environ.items() if k != 'TF_ENABLE_ONEDNN_OPTS'}
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', script),
+       '--mixed_precision=mixed_bfloat16'],
+      capture_output=True, text=True, timeout=120,
+      env={**environ, 'ONEDNN_MAX_CPU_ISA': 'AVX2',
+           'PYTHONPATH': os.pathsep.join(paths + [REPO])})
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: --mixed_precision=mixed_bfloat16 cannot run with oneDNN capped at '
+      'ONEDNN_MAX_CPU_ISA=AVX2')
