@@ -144,7 +144,10 @@ def bfloat16_problem(precision: str, environ: Mapping[str, str] = os.environ,
   create a primitive descriptor"). A real AVX2-only CPU is not affected: TensorFlow
   keeps bfloat16 off oneDNN there.
   """
-  if not precision.endswith('bfloat16') or not onednn_enabled(environ, cpuinfo):
+  if not precision.endswith('bfloat16'):
+    return None
+  cpuinfo = _read_cpuinfo() if cpuinfo is None else cpuinfo  # Once for all three reads.
+  if not onednn_enabled(environ, cpuinfo):
     return None
   real, capped = cpu(cpuinfo, environ={}), cpu(cpuinfo, environ=environ)
   if not real.x86 or 'avx512f' not in real.features or 'avx512f' in capped.features:

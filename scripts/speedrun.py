@@ -7,9 +7,10 @@ The recipe is every training flag given (a flagfile, plus any overrides after it
 it is validated first, then each seed trains in a fresh process
 (`scripts/train.py ... --seed=S`). Training seconds run from the first step to the
 end of the final eval, tracing included; TFDS preparation and the one-time decoded
-copy of each split (mnist/data.py) excluded; process seconds are the whole process. With --baseline_flagfile, that recipe runs once
-(seed 0) in the same invocation, and the ratio of its time to --target_accuracy
-over the recipe's mean training seconds is printed.
+copy of each split (mnist/data.py) excluded; process seconds are the whole process.
+With --baseline_flagfile, that recipe runs once (seed 0) in the same invocation, and
+the ratio of its time to --target_accuracy over the recipe's mean training seconds
+is printed.
 """
 import json
 import tempfile

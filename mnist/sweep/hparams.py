@@ -17,7 +17,6 @@ from tensorboard.summary.writer import record_writer
 from mnist.sweep import spec as spec_lib
 
 
-
 def write_experiment(sweep: spec_lib.Sweep, sweep_dir: str) -> bool:
   """Writes the experiment once (False if sweep_dir already has one)."""
   if glob.glob(os.path.join(sweep_dir, 'events.out.tfevents.*')):
