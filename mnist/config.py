@@ -21,7 +21,7 @@ NAN_POLICIES = ('stop', 'skip_step')
 RESULT_METRICS = ('validation_accuracy', 'validation_loss', 'test_accuracy', 'test_loss',
                   'train_seconds', 'train_images_per_sec')
 # mnist/model.py builds them.
-MODELS = ('seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn', 'deep_cnn')
+MODELS = ('seed_cnn', 'fast_cnn', 'fast_strided_cnn', 'wide_cnn', 'strided_cnn', 'deep_cnn')
 SCHEDULES = ('constant', 'one_cycle', 'warmup_cosine')
 
 

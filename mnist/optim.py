@@ -71,7 +71,9 @@ def _averages(optimizer):
   inner = getattr(optimizer, 'inner_optimizer', optimizer)
   # Keras keeps the EMA in the optimizer (so checkpoints hold it) but has no public
   # accessor short of finalize_variable_values, which overwrites for good.
-  return inner._model_variables_moving_average if inner.use_ema else None  # pylint: disable=protected-access
+  if not inner.use_ema:
+    return None
+  return inner._model_variables_moving_average  # pylint: disable=protected-access
 
 
 def swap_ema(model: keras.Model, optimizer) -> bool:

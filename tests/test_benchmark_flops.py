@@ -20,6 +20,9 @@ SEED_CNN_WIDTH_2_FORWARD = 2 * (26 * 26 * 64 * 9 + 11 * 11 * 128 * 9 * 64 + 3200
 # fast_cnn: conv 5x5 1->24 (24x24 out), pool 12x12, conv 3x3 24->32 (10x10 out),
 # pool 5x5x32 = 800, dense 800->256, dense 256->10.
 FAST_CNN_FORWARD = 2 * (24 * 24 * 24 * 25 + 10 * 10 * 32 * 9 * 24 + 800 * 256 + 256 * 10)
+# fast_strided_cnn: the same with conv 5x5/2 1->24 (12x12 out) and no first pool.
+FAST_STRIDED_CNN_FORWARD = 2 * (12 * 12 * 24 * 25 + 10 * 10 * 32 * 9 * 24 + 800 * 256
+                                + 256 * 10)
 
 
 def _layer_by_layer(model) -> int:
@@ -43,8 +46,10 @@ def test_seed_cnn_matches_the_hand_count():
   assert flops.training_flops_per_image(model, passes=2) == 6 * SEED_CNN_FORWARD
 
 
-def test_fast_cnn_matches_the_hand_count():
+def test_fast_cnns_match_the_hand_count():
   assert flops.forward_flops_per_image(model_lib.build_model('fast_cnn')) == FAST_CNN_FORWARD
+  assert (flops.forward_flops_per_image(model_lib.build_model('fast_strided_cnn'))
+          == FAST_STRIDED_CNN_FORWARD)
 
 
 @pytest.mark.parametrize('name', list(model_lib.MODELS))

@@ -56,7 +56,8 @@ def test_bfloat16_the_capped_onednn_cannot_run_is_refused_not_aborted(monkeypatc
   model_lib.build_model('fast_cnn', precision='float32')
 
 
-@pytest.mark.parametrize('name', ['fast_cnn', 'wide_cnn', 'strided_cnn', 'deep_cnn'])
+@pytest.mark.parametrize('name', ['fast_cnn', 'fast_strided_cnn', 'wide_cnn', 'strided_cnn',
+                                  'deep_cnn'])
 def test_model_variants_map_images_to_logits(name):
   model = model_lib.build_model(name, batch_norm=True)
   assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
@@ -87,8 +88,7 @@ def test_strided_cnn_drops_after_each_block_with_per_example_dropout():
   assert len(model.variables) == len(model.weights)
 
 
-@pytest.mark.parametrize('name', ['seed_cnn', 'fast_cnn', 'wide_cnn', 'strided_cnn',
-                                  'deep_cnn'])
+@pytest.mark.parametrize('name', list(model_lib.MODELS))
 def test_width_scales_every_hidden_layer_and_keeps_the_logits(name):
   def channels(model):
     return [layer.filters if isinstance(layer, keras.layers.Conv2D) else layer.units

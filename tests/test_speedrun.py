@@ -51,7 +51,7 @@ def test_speedrun_script_runs_seeds_and_the_baseline(tmp_path, manual_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report['seeds'] == [3, 4]
-  assert '--model=fast_cnn' in report['recipe']
+  assert '--model=fast_strided_cnn' in report['recipe']
   assert '--train_split=train[:2560]' in report['recipe']
   assert all(run['test_accuracy'] > 0.5 for run in report['runs'])
   assert report['baseline']['seconds_to_target'] is not None

@@ -42,7 +42,8 @@ def test_resume_from_any_checkpoint_ends_bit_identical(tmp_path, splits, resume_
   config = _config(tmp_path, checkpoint_every_steps=1, checkpoints_to_keep=100, **changes)
   uninterrupted = train.run(config, datasets_override=splits)
   ckpt_dir = _checkpoint_dir(config)
-  tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.join(ckpt_dir, f'ckpt-{resume_step}'))
+  tf.compat.v1.train.update_checkpoint_state(
+      ckpt_dir, os.path.join(ckpt_dir, f'ckpt-{resume_step}'))
   resumed = train.run(config, datasets_override=splits)
   assert resumed['global_step'] == uninterrupted['global_step'] == 32
   assert resumed['weights_sha256'] == uninterrupted['weights_sha256']
