@@ -43,25 +43,33 @@ def seed_cnn(num_classes, dtype=None, dropout_rate=0.5, batch_norm=False, width=
           _head(units, num_classes, dropout_rate, dtype))
 
 
+def _fast_cnn_layers(num_classes, dtype, dropout_rate, batch_norm, width,
+                     strided_first: bool) -> list:
+  """5x5 conv 24, then a max-pool (or, strided_first, the conv at stride 2 instead),
+  3x3 conv 32, max-pool, fc 256."""
+  c1, c2, units = _widths(width, 24, 32, 256)
+  first = (_conv(c1, 5, batch_norm, dtype, strides=2) if strided_first else
+           _conv(c1, 5, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)])
+  return (first + _conv(c2, 3, batch_norm, dtype) +
+          [keras.layers.MaxPooling2D(2, dtype=dtype)] +
+          _head(units, num_classes, dropout_rate, dtype))
+
+
 def fast_cnn(num_classes, dtype=None, dropout_rate=0.0, batch_norm=False, width=1.0) -> list:
   """A small CNN for time-to-99% (5x5 conv 24, 3x3 conv 32, fc 256): about half the
   seed CNN's FLOPs, after a well-known one-epoch MNIST speed study."""
-  c1, c2, units = _widths(width, 24, 32, 256)
-  return (_conv(c1, 5, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
-          _conv(c2, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
-          _head(units, num_classes, dropout_rate, dtype))
+  return _fast_cnn_layers(num_classes, dtype, dropout_rate, batch_norm, width,
+                          strided_first=False)
 
 
 def fast_strided_cnn(num_classes, dtype=None, dropout_rate=0.0, batch_norm=False,
                      width=1.0) -> list:
-  """fast_cnn with a stride-2 first conv in place of its first max-pool (5x5/2 conv 24,
-  3x3 conv 32, pool, fc 256): the fast recipe's model. 21% fewer FLOPs, but the
-  1-channel 5x5 conv and the pool over its output were a third of fast_cnn's step on
-  an AVX2 float32 CPU: 1.3x its images/s there, the same test accuracy (BUILD.md)."""
-  c1, c2, units = _widths(width, 24, 32, 256)
-  return (_conv(c1, 5, batch_norm, dtype, strides=2) +
-          _conv(c2, 3, batch_norm, dtype) + [keras.layers.MaxPooling2D(2, dtype=dtype)] +
-          _head(units, num_classes, dropout_rate, dtype))
+  """fast_cnn with a stride-2 first conv in place of its first max-pool: the fast
+  recipe's model. 21% fewer FLOPs, but the 1-channel 5x5 conv and the pool over its
+  output were a third of fast_cnn's step on an AVX2 float32 CPU: 1.3x its images/s
+  there, the same test accuracy (BUILD.md)."""
+  return _fast_cnn_layers(num_classes, dtype, dropout_rate, batch_norm, width,
+                          strided_first=True)
 
 
 def wide_cnn(num_classes, dtype=None, dropout_rate=0.4, batch_norm=True, width=1.0) -> list:
