@@ -62,9 +62,17 @@ def cpu(cpuinfo: Optional[str] = None, environ: Mapping[str, str] = os.environ,
   cap = environ.get(ONEDNN_ISA_ENV, '').upper()
   if cap in _ISA_CAPS:
     features = [f for f in features if f in _ISA_CAPS[cap]]
-  return Cpu(model=fields.get('model name') or platform.processor() or 'unknown CPU',
-             architecture=architecture or platform.machine(),
+  return Cpu(model=_model(fields), architecture=architecture or platform.machine(),
              cores=cores or len(os.sched_getaffinity(0)), features=tuple(features))
+
+
+def _model(fields: Mapping[str, str]) -> str:
+  """The model name, with x86's family and model numbers: under a hypervisor the name
+  can be bare ('AMD EPYC' on both Zen 3 and Zen 5), and the numbers tell them apart."""
+  name = fields.get('model name') or platform.processor() or 'unknown CPU'
+  if 'cpu family' in fields and 'model' in fields:
+    name += f', family {fields["cpu family"]} model {fields["model"]}'
+  return name
 
 
 def _read_cpuinfo() -> str:

@@ -59,6 +59,8 @@ def test_gpu_resolution_table_whatever_the_cpu(capabilities, precision):
 
 CPUINFO = '''processor\t: 0
 vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
 model name\t: AMD EPYC 9R14 96-Core Processor
 flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512_bf16 avx512_vnni
 processor\t: 1
@@ -69,10 +71,10 @@ flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512_bf16 avx512_vnni
 
 def test_cpu_profile_from_cpuinfo_text():
   cpu = hardware.cpu(CPUINFO, environ={}, architecture='x86_64', cores=2)
-  assert cpu.model == 'AMD EPYC 9R14 96-Core Processor'
+  assert cpu.model == 'AMD EPYC 9R14 96-Core Processor, family 25 model 17'
   assert cpu.features == ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16')
-  assert hardware.describe(cpu) == ('AMD EPYC 9R14 96-Core Processor (x86_64, 2 cores; '
-                                    'avx2 avx512f avx512_vnni avx512_bf16)')
+  assert hardware.describe(cpu) == ('AMD EPYC 9R14 96-Core Processor, family 25 model 17 '
+                                    '(x86_64, 2 cores; avx2 avx512f avx512_vnni avx512_bf16)')
 
 
 def test_onednn_isa_cap_imitates_an_avx2_only_cpu():
