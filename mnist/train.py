@@ -349,6 +349,9 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   _check_model_dir(config.model_dir)
   machine = hardware.as_dict(cpu_profile, gpu_profiles)
   logging.info('Hardware: %s. Precision %s.', machine['summary'], config.mixed_precision)
+  emulated = hardware.emulated_precision(config.mixed_precision, cpu_profile, gpu_profiles)
+  if emulated:
+    logging.warning(emulated)
   recorded_precision = _recorded_precision(config.model_dir)  # Before config.json is rewritten.
   if config.deterministic:
     # Process-wide and one-way: ops pick deterministic kernels from now on.

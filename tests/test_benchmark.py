@@ -8,6 +8,7 @@ import pytest
 
 from mnist import config as config_lib
 from mnist import errors
+from mnist import hardware
 from mnist import runtime
 from mnist.benchmark import ab
 from mnist.benchmark import ceiling
@@ -126,7 +127,12 @@ def test_the_ceiling_is_measured_in_the_compute_dtype(capsys):
   result = measure.run(config, datasets_override=synthetic_splits())
   assert result['ceiling_matmul']['dtype'] == 'bfloat16'
   _assert_relative_to_the_ceiling(result)  # The precision does not change the count.
-  assert 'bfloat16 matmul' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'bfloat16 matmul' in out
+  # Where this CPU emulates bfloat16 (AVX2 only), the header says so.
+  reason = hardware.emulated_precision('mixed_bfloat16', hardware.cpu(), hardware.gpus())
+  assert result['settings']['precision_emulated'] == reason
+  assert ('  precision  mixed_bfloat16. WARNING: ' in out) == bool(reason)
 
 
 def test_flops_follow_the_model_flags():
@@ -188,6 +194,7 @@ def test_script_prints_settings_windows_and_json(manual_dir):
   precision = summary['settings']['precision']
   assert precision in config_lib.PRECISIONS
   assert summary['ceiling_matmul']['dtype'] == ceiling.compute_dtype(precision)
+  assert summary['settings']['precision_emulated'] is None  # auto never emulates.
   assert f'  hardware   {summary["settings"]["hardware"]["summary"]}' in lines
   assert summary['settings']['data'] == 'tfds' and summary['settings']['num_train'] == 1024
   # The settings come first (after TFDS's own lines if it had to prepare the data).

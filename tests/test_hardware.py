@@ -57,6 +57,41 @@ def test_gpu_resolution_table_whatever_the_cpu(capabilities, precision):
     assert hardware.resolve_precision(_cpu(features), gpus) == precision
 
 
+@pytest.mark.parametrize('precision, features, capabilities, emulated_on, auto', [
+    ('float32', ZEN3, [], None, None),
+    ('mixed_bfloat16', ZEN3, [], 'a CPU without AVX-512 BF16 or AMX', 'float32'),
+    ('mixed_bfloat16', SKYLAKE, [], 'a CPU without AVX-512 BF16 or AMX', 'float32'),
+    ('mixed_bfloat16', ZEN4, [], None, None),
+    ('mixed_bfloat16', SAPPHIRE_RAPIDS, [], None, None),
+    ('mixed_float16', ZEN4, [], 'a CPU', 'mixed_bfloat16'),
+    ('mixed_bfloat16', ZEN3, [(8, 0)], None, None),  # The GPU computes it.
+    ('mixed_bfloat16', ZEN4, [(7, 5)], 'GPUs before compute capability 8.0',
+     'mixed_float16'),
+    ('mixed_float16', ZEN3, [(7, 5)], None, None),
+    ('mixed_float16', ZEN3, [(8, 0), (6, 1)], 'GPUs before compute capability 7.0',
+     'float32'),
+    ('mixed_float16', ZEN3, [None], 'GPUs before compute capability 7.0', 'float32'),
+])
+def test_a_precision_forced_where_it_is_emulated_is_named(precision, features, capabilities,
+                                                          emulated_on, auto):
+  gpus = [hardware.Gpu(f'gpu{i}', c) for i, c in enumerate(capabilities)]
+  reason = hardware.emulated_precision(precision, _cpu(features), gpus)
+  if emulated_on is None:
+    assert reason is None
+  else:
+    assert reason.startswith(f'--mixed_precision={precision} on {emulated_on} runs in '
+                             'emulated kernels')
+    assert reason.endswith(f'--mixed_precision=auto picks {auto} here.')
+
+
+@pytest.mark.parametrize('features', [ZEN3, ZEN4, SAPPHIRE_RAPIDS, SKYLAKE, CASCADE_LAKE, OLD])
+@pytest.mark.parametrize('capabilities', [[], [(9, 0)], [(7, 5)], [(8, 0), (7, 0)], [(6, 1)],
+                                          [None]])
+def test_auto_never_picks_an_emulated_precision(features, capabilities):
+  cpu, gpus = _cpu(features), [hardware.Gpu('gpu', c) for c in capabilities]
+  assert hardware.emulated_precision(hardware.resolve_precision(cpu, gpus), cpu, gpus) is None
+
+
 CPUINFO = '''processor\t: 0
 vendor_id\t: AuthenticAMD
 cpu family\t: 25

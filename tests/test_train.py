@@ -344,7 +344,12 @@ def test_a_run_resumed_in_another_precision_says_so_or_names_both(tmp_path, spli
              for m in caplog.messages)
   # float16's loss scaling adds optimizer variables: refused, naming both.
   scaled = _config(tmp_path / 'f16', epochs=1, mixed_precision='mixed_float16')
-  train.run(scaled, datasets_override=splits)
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger='absl'):
+    train.run(scaled, datasets_override=splits)
+  # No GPU here: float16 is emulated on any CPU, and the run says so.
+  assert any(m.startswith('--mixed_precision=mixed_float16 on a CPU runs in emulated')
+             for m in caplog.messages)
   with pytest.raises(errors.CheckpointError,
                      match='written under --mixed_precision=mixed_float16 and this run '
                            'uses float32'):

@@ -28,7 +28,7 @@ def describe(config, strategy, splits, steps_per_epoch, xla) -> dict:
     data_kind = 'input_only'
   else:
     data_kind = 'synthetic' if config.synthetic_data else 'tfds'
-  cpu = hardware.cpu()
+  cpu, gpus = hardware.cpu(), hardware.gpus()
   settings = {
       'role': config.role or 'ours',
       'mode': 'epochs' if config.epochs_mode else 'windows',
@@ -37,13 +37,15 @@ def describe(config, strategy, splits, steps_per_epoch, xla) -> dict:
       'steps_per_epoch': steps_per_epoch,
       'warmup_steps': config.warmup_steps,
       'devices': [d.name for d in tf.config.list_logical_devices()],
-      'hardware': hardware.as_dict(cpu, hardware.gpus()),
+      'hardware': hardware.as_dict(cpu, gpus),
       'cpu': cpu.model, 'cpu_count': os.cpu_count(),
       'cpus_allowed': len(os.sched_getaffinity(0)),
       'strategy': type(strategy).__name__, 'replicas': replicas,
       'global_batch': tc.batch_size, 'per_replica_batch': tc.batch_size // replicas,
       'steps_per_loop': 1 if config.role == 'keras_fit' else tc.steps_per_loop,
-      'precision': tc.mixed_precision, 'xla': bool(xla),
+      'precision': tc.mixed_precision,
+      'precision_emulated': hardware.emulated_precision(tc.mixed_precision, cpu, gpus),
+      'xla': bool(xla),
       'tensorflow': tf.__version__, 'keras': keras.__version__,
       'python': platform.python_version(),
       'onednn': {'flag': config.runtime.onednn, 'enabled': _onednn_enabled()},
@@ -86,7 +88,8 @@ def print_settings(s: dict, limit: Optional[dict]):
       ('strategy', f'{s["strategy"]}, {s["replicas"]} replica(s)'),
       ('batch', f'{s["global_batch"]} global, {s["per_replica_batch"]} per replica, '
                 f'{s["steps_per_loop"]} step(s) per call'),
-      ('precision', s['precision']),
+      ('precision', s['precision'] + (f'. WARNING: {s["precision_emulated"]}'
+                                      if s['precision_emulated'] else '')),
       ('XLA', 'on' if s['xla'] else 'off'),
       ('versions', f'TensorFlow {s["tensorflow"]}, Keras {s["keras"]}, '
                    f'Python {s["python"]}'),
