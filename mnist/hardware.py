@@ -94,6 +94,25 @@ def gpus() -> list:
   return found
 
 
+# What each mixed policy needs to run natively: the slowest GPU's compute capability,
+# or on a CPU one of these features (none: never native on a CPU), and how the
+# hardware without them is named. float32 is native everywhere.
+_NATIVE_NEEDS = {
+    'mixed_bfloat16': ((8, 0), _BF16_FEATURES, 'a CPU without AVX-512 BF16 or AMX'),
+    'mixed_float16': ((7, 0), (), 'a CPU'),
+}
+_FASTEST_FIRST = ('mixed_bfloat16', 'mixed_float16', 'float32')
+
+
+def _native(precision: str, cpu_profile: Cpu, gpu_profiles: Sequence[Gpu]) -> bool:
+  if precision not in _NATIVE_NEEDS:
+    return True
+  capability, features, _ = _NATIVE_NEEDS[precision]
+  if gpu_profiles:
+    return min(g.compute_capability or (0, 0) for g in gpu_profiles) >= capability
+  return any(f in cpu_profile.features for f in features)
+
+
 def resolve_precision(cpu_profile: Cpu, gpu_profiles: Sequence[Gpu] = ()) -> str:
   """--mixed_precision=auto: the fastest policy the hardware computes natively.
 
@@ -102,15 +121,7 @@ def resolve_precision(cpu_profile: Cpu, gpu_profiles: Sequence[Gpu] = ()) -> str
   elsewhere it is emulated: on an AVX2-only AMD EPYC 8.7x slower than float32 with
   oneDNN on, ~3x with it off.
   """
-  if gpu_profiles:
-    capabilities = [g.compute_capability or (0, 0) for g in gpu_profiles]
-    slowest = min(capabilities)
-    if slowest >= (8, 0):
-      return 'mixed_bfloat16'
-    return 'mixed_float16' if slowest >= (7, 0) else 'float32'
-  if any(f in cpu_profile.features for f in _BF16_FEATURES):
-    return 'mixed_bfloat16'
-  return 'float32'
+  return next(p for p in _FASTEST_FIRST if _native(p, cpu_profile, gpu_profiles))
 
 
 def emulated_precision(precision: str, cpu_profile: Cpu,
@@ -120,19 +131,11 @@ def emulated_precision(precision: str, cpu_profile: Cpu,
   What `resolve_precision` avoids, said to a user who forces it: on an AVX2-only
   AMD EPYC (Zen 3), mixed_bfloat16 trained 359 images/s against float32's ~3,100.
   """
-  slowest_gpu = min((g.compute_capability or (0, 0) for g in gpu_profiles), default=None)
-  if precision == 'mixed_bfloat16':
-    native = (slowest_gpu >= (8, 0) if gpu_profiles
-              else any(f in cpu_profile.features for f in _BF16_FEATURES))
-    hardware = ('GPUs before compute capability 8.0' if gpu_profiles
-                else 'a CPU without AVX-512 BF16 or AMX')
-  elif precision == 'mixed_float16':
-    native = bool(gpu_profiles) and slowest_gpu >= (7, 0)
-    hardware = 'GPUs before compute capability 7.0' if gpu_profiles else 'a CPU'
-  else:
+  if _native(precision, cpu_profile, gpu_profiles):
     return None
-  if native:
-    return None
+  (major, minor), _, cpu_without = _NATIVE_NEEDS[precision]
+  hardware = (f'GPUs before compute capability {major}.{minor}' if gpu_profiles
+              else cpu_without)
   return (f'--mixed_precision={precision} on {hardware} runs in emulated kernels, several '
           'times slower than float32 (mixed_bfloat16 on an AVX2-only AMD EPYC: 8.7x). '
           '--mixed_precision=auto picks '
