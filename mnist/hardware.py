@@ -1,13 +1,17 @@
 """What this process runs on, and the settings that follow from it.
 
 The CPU part reads /proc/cpuinfo and never imports TensorFlow, so it can decide
-what TensorFlow reads when it loads (TF_ENABLE_ONEDNN_OPTS). The GPU part asks
-TensorFlow. The decisions (`resolve_precision`, `resolve_onednn`) are pure functions
-of a profile, tested on every kind of machine whatever this one is.
+what TensorFlow reads when it loads (TF_ENABLE_ONEDNN_OPTS); so does `gpu_support`,
+which looks for the NVIDIA driver (TF_ENABLED_DEVICE_TYPES). The GPU part asks
+TensorFlow. The decisions (`resolve_precision`, `resolve_onednn`, `resolve_devices`)
+are pure functions of a profile, tested on every kind of machine whatever this one is.
 """
+import ctypes
 import dataclasses
 import os
 import platform
+import site
+import sys
 from typing import Mapping, Optional, Sequence
 
 # The instruction sets that decide precision and kernels (Linux /proc/cpuinfo names).
@@ -26,6 +30,13 @@ _ISA_CAPS = {'SSE41': (), 'AVX': (), 'AVX2': ('avx2',),
              'AVX512_CORE_BF16': ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16'),
              'AVX512_CORE_FP16': ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16')}
 X86 = ('x86_64', 'amd64', 'i386', 'i686')
+# TensorFlow registers only the device factories named here (comma-separated; empty:
+# all), when it loads.
+ENABLED_DEVICES_ENV = 'TF_ENABLED_DEVICE_TYPES'
+# TensorFlow's device factories that need no NVIDIA driver: its others, GPU and XLA_GPU,
+# call cuInit when they list devices.
+DRIVERLESS_DEVICE_TYPES = 'CPU,XLA_CPU'
+PLUGGABLE_DEVICE_ENV = 'TF_PLUGGABLE_DEVICE_LIBRARY_PATH'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +55,14 @@ class Cpu:
 class Gpu:
   name: str
   compute_capability: Optional[tuple]  # (major, minor); None if TensorFlow did not say.
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuSupport:
+  """What TensorFlow's GPU support could find here, read without loading TensorFlow."""
+  system: str  # platform.system(): Linux, Darwin, Windows.
+  nvidia_driver: bool  # Its kernel module is loaded, or libcuda.so.1 loads (WSL2).
+  device_plugins: tuple  # tensorflow-plugins folders: pluggable devices TensorFlow loads.
 
 
 def cpu(cpuinfo: Optional[str] = None, environ: Mapping[str, str] = os.environ,
@@ -81,6 +100,33 @@ def _read_cpuinfo() -> str:
       return f.read()
   except OSError:  # Not Linux: model and features unknown.
     return ''
+
+
+def gpu_support() -> GpuSupport:
+  """This machine's GpuSupport."""
+  return GpuSupport(platform.system(), _nvidia_driver(), _tensorflow_plugin_dirs())
+
+
+def _nvidia_driver() -> bool:
+  """Whether the NVIDIA driver is here: its kernel module, or (WSL2 has no module) its
+  library libcuda.so.1, loaded as TensorFlow would load it."""
+  if os.path.exists('/proc/driver/nvidia'):
+    return True
+  try:
+    ctypes.CDLL('libcuda.so.1')
+  except OSError:
+    return False
+  return True
+
+
+def _tensorflow_plugin_dirs() -> tuple:
+  """The site-packages/tensorflow-plugins folders TensorFlow's __init__ loads
+  pluggable devices from (searched as it searches them)."""
+  roots = set(site.getsitepackages()) | {p for p in sys.path if 'site-packages' in p}
+  if site.ENABLE_USER_SITE:
+    roots.add(site.getusersitepackages())
+  return tuple(sorted(d for d in (os.path.join(r, 'tensorflow-plugins') for r in roots)
+                      if os.path.isdir(d)))
 
 
 def gpus() -> list:
@@ -153,6 +199,24 @@ def resolve_onednn(cpu_profile: Cpu, environ: Mapping[str, str] = os.environ) ->
   if tf_enables_onednn(cpu_profile):
     return {}
   return {ONEDNN_ENV: '1'}
+
+
+def resolve_devices(support: GpuSupport, environ: Mapping[str, str] = os.environ) -> dict:
+  """The environment that keeps TensorFlow from initialising CUDA where it cannot (empty:
+  nothing); set before TensorFlow loads.
+
+  TensorFlow's Linux wheel has CUDA built in (libtensorflow_framework.so.2). Without
+  the NVIDIA driver its cuInit stub finds no libcuda.so.1 and returns 303
+  (CUDA_ERROR_SHARED_OBJECT_INIT_FAILED), which TensorFlow logs as an error ("failed call
+  to cuInit") in every process that lists devices. With the GPU and XLA_GPU device
+  factories not registered nothing calls cuInit; TensorFlow logs one INFO line for each.
+  Left alone: machines with the driver, pluggable devices (an allow-list would disable
+  them too), and a TF_ENABLED_DEVICE_TYPES the user set (empty: TensorFlow's default).
+  """
+  if (support.system != 'Linux' or support.nvidia_driver or support.device_plugins
+      or ENABLED_DEVICES_ENV in environ or environ.get(PLUGGABLE_DEVICE_ENV)):
+    return {}
+  return {ENABLED_DEVICES_ENV: DRIVERLESS_DEVICE_TYPES}
 
 
 def tf_enables_onednn(cpu_profile: Cpu) -> bool:

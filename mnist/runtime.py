@@ -1,11 +1,13 @@
-"""Process-wide runtime settings: oneDNN and thread pools. TF-free.
+"""Process-wide runtime settings: oneDNN, thread pools, device types. TF-free.
 
-TensorFlow reads TF_ENABLE_ONEDNN_OPTS, TF_NUM_INTEROP_THREADS and
-TF_NUM_INTRAOP_THREADS once, when it loads and starts its runtime, so scripts
-call `start` (`apply_env` before importing TensorFlow, `apply_threading` right after).
---onednn=auto turns oneDNN on where TensorFlow would leave it off on an x86 CPU with
-AVX2 (mnist/hardware.py); a TF_ENABLE_ONEDNN_OPTS in the environment wins. Thread
-pools default to TensorFlow's choice.
+TensorFlow reads TF_ENABLE_ONEDNN_OPTS, TF_NUM_INTEROP_THREADS,
+TF_NUM_INTRAOP_THREADS and TF_ENABLED_DEVICE_TYPES once, when it loads and starts its
+runtime, so scripts call `start` (`apply_env` before importing TensorFlow,
+`apply_threading` right after). --onednn=auto turns oneDNN on where TensorFlow would
+leave it off on an x86 CPU with AVX2 (mnist/hardware.py); a TF_ENABLE_ONEDNN_OPTS in
+the environment wins. Thread pools default to TensorFlow's choice. On Linux without the
+NVIDIA driver TensorFlow's GPU device factories are left out, so it does not log its
+failed cuInit (`hardware.resolve_devices`); a TF_ENABLED_DEVICE_TYPES set wins.
 """
 import dataclasses
 import os
@@ -48,12 +50,14 @@ class RuntimeConfig:
     return self
 
 
-def env_changes(config: RuntimeConfig, environ=None, cpu=None) -> dict:
+def env_changes(config: RuntimeConfig, environ=None, cpu=None, gpu_support=None) -> dict:
   """The environment variables `config` sets. --onednn=auto asks the CPU profile
   (`cpu`, default this one's): on for x86 with AVX2 where TensorFlow leaves it off,
-  nothing where TensorFlow turns it on itself or the user set TF_ENABLE_ONEDNN_OPTS."""
+  nothing where TensorFlow turns it on itself or the user set TF_ENABLE_ONEDNN_OPTS.
+  Whatever `config`, the device types follow `gpu_support` (default this machine's;
+  `hardware.resolve_devices`)."""
   environ = os.environ if environ is None else environ
-  changes = {}
+  changes = hardware.resolve_devices(gpu_support or hardware.gpu_support(), environ)
   if config.onednn == 'auto':
     changes.update(hardware.resolve_onednn(cpu or hardware.cpu(environ=environ), environ))
   elif config.onednn != 'tensorflow':
