@@ -1,4 +1,5 @@
-# Two commands: `make train` and `make test`. Both create .venv on demand.
+# `make train`, `make test` (every test), `make check` (the linter and the fast tier, for
+# the edit-test loop) and `make lint`. Each creates .venv on demand.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ endif
 TRAIN_FLAGS ?=
 PYTEST_FLAGS ?=
 
-.PHONY: venv train test clean
+.PHONY: venv train test check lint clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -27,6 +28,14 @@ train: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_FLAGS)
+
+# The fast tier: no test that starts a process or trains more than a few steps (those
+# are marked slow; BUILD.md, Tests).
+check: lint
+	$(PY) -m pytest -m 'not slow' $(PYTEST_FLAGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -11,8 +11,6 @@ import numpy as np
 import PIL.Image
 import tensorflow as tf
 
-from mnist import augment
-
 
 def sharpness(images) -> float:
   images = np.asarray(images, np.float64)
@@ -37,16 +35,16 @@ def milliseconds_per_batch(layers, images, repeats: int = 30) -> float:
   """Median time of one training-mode call on `images`, in a tf.function as in the
   train step; tracing and one warm-up call excluded."""
   @tf.function
-  def augment(batch):
+  def augment_batch(batch):
     for layer in layers:
       batch = layer(batch, training=True)
     return batch
   batch = tf.constant(images)
-  augment(batch).numpy()
+  augment_batch(batch).numpy()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    augment(batch).numpy()
+    augment_batch(batch).numpy()
     times.append(time.perf_counter() - start)
   return 1000 * statistics.median(times)
 

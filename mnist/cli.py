@@ -10,6 +10,7 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from mnist import cluster
 from mnist import config as config_lib
@@ -104,7 +105,8 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS):
                       'tf.distribute strategy: ' + ', '.join(config_lib.STRATEGIES) +
                       '. mirrored uses all local GPUs, or --cpu_devices logical CPUs; '
                       'multi_worker: MultiWorkerMirroredStrategy over the cluster in '
-                      f'${cluster.TF_CONFIG_ENV}; tpu: TPUStrategy (untested here).', **fv)
+                      f'${cluster.TF_CONFIG_ENV}, else the srun step this process is a '
+                      "task of (Slurm's variables); tpu: TPUStrategy (untested here).", **fv)
   flags.DEFINE_integer('cpu_devices', d.cpu_devices,
                        'Split the CPU into this many logical devices (for '
                        '--strategy=mirrored on a machine without GPUs).', **fv)
@@ -123,6 +125,11 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS):
   flags.DEFINE_integer('worker_startup_timeout_seconds', d.worker_startup_timeout_seconds,
                        'multi_worker: every worker in $TF_CONFIG must connect within this '
                        'long of the first, or all fail.', **fv)
+  # Where the workers listen, not what the run trains: a flag, not a TrainConfig field.
+  flags.DEFINE_integer('worker_port', None,
+                       'multi_worker under srun: task j on a node listens on this port + j. '
+                       'Default: a block of 16 ports in 10000-32767 chosen from '
+                       '$SLURM_JOB_ID and the step id, so jobs sharing a node differ.', **fv)
   flags.DEFINE_bool('jit_compile', d.jit_compile, 'Compile the train step with XLA.', **fv)
   flags.DEFINE_string('mixed_precision', d.mixed_precision,
                       'Keras dtype policy: ' + ', '.join(config_lib.PRECISION_CHOICES) +
@@ -247,9 +254,25 @@ def train_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib
   if not values.get('tfds_manual_dir'):
     values['tfds_manual_dir'] = os.environ.get(MANUAL_DIR_ENV) or None
   config = config_lib.TrainConfig(**values).validate()
+  worker_port = flag_values['worker_port'].value if 'worker_port' in flag_values else None
   if config.strategy == 'multi_worker':  # A missing or malformed cluster fails now too.
-    cluster.parse_tf_config(os.environ.get(cluster.TF_CONFIG_ENV))
+    cluster.resolve(os.environ, worker_port)
+  elif worker_port is not None:
+    raise errors.ConfigError(f'--worker_port: only for --strategy=multi_worker, not '
+                             f'--strategy={config.strategy}.')
   return config
+
+
+def set_up_cluster(config: config_lib.TrainConfig, flag_values: flags.FlagValues = FLAGS):
+  """--strategy=multi_worker: logs where the cluster comes from and, when from Slurm's
+  variables, writes it into $TF_CONFIG, where TensorFlow reads it. Call before
+  TensorFlow loads. Never touches $CUDA_VISIBLE_DEVICES: Slurm set each task's GPUs."""
+  if config.strategy != 'multi_worker':
+    return
+  resolution = cluster.resolve(os.environ, flag_values.worker_port)
+  if resolution.tf_config:
+    os.environ[cluster.TF_CONFIG_ENV] = resolution.tf_config
+  logging.info(resolution.description)
 
 
 def run_config_from_flags(config: config_lib.TrainConfig) -> config_lib.TrainConfig:

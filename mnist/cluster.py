@@ -5,12 +5,15 @@ TensorFlow loads, and the local launcher can write one per worker:
 
   {"cluster": {"worker": ["host0:12345", "host1:12345"]},
    "task": {"type": "worker", "index": 0}}
+
+Under Slurm's srun without a TF_CONFIG, `resolve` builds it from srun's variables.
 """
 import dataclasses
 import json
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from mnist import errors
+from mnist import slurm_cluster
 
 TF_CONFIG_ENV = 'TF_CONFIG'
 # The jobs MultiWorkerMirroredStrategy trains with. The chief, or worker 0 when
@@ -49,13 +52,55 @@ def tf_config(addresses: Sequence[str], index: int) -> str:
                      'task': {'type': 'worker', 'index': index}})
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolution:
+  """This process's cluster task, where it came from, and the TF_CONFIG to set (None:
+  the user's own is in place)."""
+  task: ClusterTask
+  description: str
+  tf_config: Optional[str] = None
+
+
+def resolve(environ: Mapping[str, str], worker_port: Optional[int] = None) -> Resolution:
+  """The cluster of --strategy=multi_worker: the user's $TF_CONFIG if set, else the
+  srun step this process is a task of. Raises ConfigError if neither (or either is
+  malformed). Reads `environ` only."""
+  text = environ.get(TF_CONFIG_ENV)
+  if text and text.strip():
+    if worker_port is not None:
+      raise errors.ConfigError(f'--worker_port={worker_port} applies to a cluster from '
+                               f'Slurm\'s variables; ${TF_CONFIG_ENV} already names every '
+                               'port. Drop one of them.')
+    task = parse_tf_config(text)
+    return Resolution(task, f'Cluster from ${TF_CONFIG_ENV}: {_describe(task)}; '
+                      f'{slurm_cluster.describe_gpus(environ)}.')
+  step = slurm_cluster.step_from_environ(environ)
+  if step is None:
+    parse_tf_config(text)  # Raises: neither is there.
+  text = tf_config(step.addresses(worker_port), step.rank)
+  task = parse_tf_config(text)
+  ports = f'--worker_port={worker_port}' if worker_port is not None else (
+      f'ports from job {step.job_id} step {step.step_id}')
+  return Resolution(
+      task, f'Cluster from Slurm job {step.job_id} step {step.step_id}: '
+      f'{_describe(task)}; nodes {",".join(step.hosts)}, tasks per node '
+      f'{",".join(map(str, step.tasks_per_node))}, {ports}; '
+      f'{slurm_cluster.describe_gpus(environ)}.', tf_config=text)
+
+
+def _describe(task: ClusterTask) -> str:
+  return (f'{task.task_type} {task.task_index} of {task.num_workers} '
+          f'({"chief, " if task.is_chief else ""}listening on {task.address})')
+
+
 def parse_tf_config(text: Optional[str]) -> ClusterTask:
   """Parses and checks TF_CONFIG; raises ConfigError naming every problem."""
   if not text or not text.strip():
     raise errors.ConfigError(
         f'--strategy=multi_worker needs the {TF_CONFIG_ENV} environment variable: the '
-        f'cluster and this process\'s task, e.g. {TF_CONFIG_ENV}=\'{_EXAMPLE}\'. '
-        'scripts/launch_local.py sets it for workers on this machine.')
+        f'cluster and this process\'s task, e.g. {TF_CONFIG_ENV}=\'{_EXAMPLE}\'; or '
+        'start every worker with Slurm\'s srun, which sets the variables the cluster is '
+        'built from. scripts/launch_local.py sets it for workers on this machine.')
   try:
     value = json.loads(text)
   except json.JSONDecodeError as e:

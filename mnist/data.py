@@ -52,6 +52,7 @@ class Splits:
   image_shape: tuple
   validation: Optional[tf.data.Dataset] = None  # Carved from the training data.
   num_validation: int = 0
+  dataset_version: Optional[str] = None  # The TFDS builder's version read; None: injected.
 
 
 def load_splits(dataset: str, train_split: str, eval_split: str,
@@ -91,7 +92,8 @@ def load_splits(dataset: str, train_split: str, eval_split: str,
                 num_eval=sizes[1], num_classes=features['label'].num_classes,
                 image_shape=tuple(features['image'].shape),
                 validation=datasets[2] if validation_split else None,
-                num_validation=sizes[2] if validation_split else 0)
+                num_validation=sizes[2] if validation_split else 0,
+                dataset_version=str(builder.version))
 
 
 def _decoded(ds: tf.data.Dataset, builder, split: str) -> tf.data.Dataset:

@@ -23,6 +23,10 @@ class CheckpointError(Error):
   """A checkpoint that cannot be restored into this model, or a model_dir problem."""
 
 
+class ModelDirInUseError(CheckpointError):
+  """Another training run holds the model_dir's lock (mnist/model_dir_lock.py)."""
+
+
 class ImageError(Error):
   """An input image that cannot be read, is too large to decode, or shows no digit."""
 

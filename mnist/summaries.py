@@ -1,12 +1,15 @@
 """TensorBoard extras beyond the loop's scalars: images, histograms, HParams, profiles.
 
-train.py calls in at a few points: `start_run`, `after_steps` (an integer
-comparison, for the profiler), `on_epoch_end` (the eval pass's confusion matrix
-and mistakes, histograms; drawn on a background thread), `end_run` and `close`.
+train.py calls in at a few points: `start_run` (hyperparameters, and what made the
+run: mnist/provenance.py's record as a table in the Text dashboard, its code version
+as an HParams column), `after_steps` (an integer comparison, for the profiler),
+`on_epoch_end` (the eval pass's confusion matrix and mistakes, histograms; drawn on a
+background thread), `end_run` and `close`.
 The train step is exactly as it is without them.
 """
 from concurrent import futures
 import dataclasses
+from typing import Optional
 
 from absl import logging
 import numpy as np
@@ -19,6 +22,7 @@ from mnist import data
 from mnist import distribute
 from mnist import losses as losses_lib
 from mnist import plots
+from mnist import provenance
 
 SUM = tf.distribute.ReduceOp.SUM
 MAX_MISCLASSIFIED = 25
@@ -28,11 +32,19 @@ CONFUSION_COUNTS_TAG = 'confusion_matrix_counts'
 CONFUSION_COUNTS_PLUGIN = 'mnist_confusion_counts'
 
 
+# The HParams column and Text tag of the run's provenance (mnist/provenance.py).
+CODE_VERSION_HPARAM = 'code_version'
+PROVENANCE_TAG = 'provenance'
+
+
 def start_run(config, model, strategy, splits, train_writer, eval_writer,
-              step: int) -> 'RunSummaries':
-  """Writes the run's hyperparameters; starts the profile if it covers the next step."""
+              step: int, record: Optional[dict] = None) -> 'RunSummaries':
+  """Writes the run's hyperparameters and provenance `record` (at `step`, so each
+  process of a resumed run adds its own); starts the profile if it covers the next step."""
   summaries = RunSummaries(config, model, strategy, splits, train_writer, eval_writer)
-  summaries.write_hparams(config)
+  summaries.write_hparams(config, record['code_version'] if record else None)
+  if record:
+    summaries.write_provenance(record, step)
   summaries.after_steps(step)
   return summaries
 
@@ -73,15 +85,24 @@ class RunSummaries:
     probe = splits.train.take(config.batch_size).cache().batch(config.batch_size)
     self._probe_batch = distribute.distribute_dataset(strategy, probe.map(data.normalize))
 
-  def write_hparams(self, config):
+  def write_hparams(self, config, code_version: Optional[str] = None):
     values = {name: '' if value is None else value
               for name, value in dataclasses.asdict(config).items()}
+    if code_version:  # Which code made the row: a sweep's runs can be told apart.
+      values[CODE_VERSION_HPARAM] = code_version
     # No hp.hparams_config: without one, TensorBoard infers each column's type,
     # range and whether it differs from all runs under --logdir, which a config
     # written by a single run of a sweep cannot know. Metrics are then every
     # scalar of the run, among them test_accuracy and test_loss from end_run.
     with self._run_writer.as_default(step=0):
       hp.hparams(values)
+    self._run_writer.flush()
+
+  def write_provenance(self, record: dict, step: int):
+    """The record as a Markdown table in the Text dashboard, in the run's own folder."""
+    with self._run_writer.as_default(step=step):
+      tf.summary.text(PROVENANCE_TAG, provenance.markdown(record),
+                      description='What made this run: code, packages, command, data.')
     self._run_writer.flush()
 
   def after_steps(self, step: int):

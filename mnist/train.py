@@ -27,7 +27,9 @@ from mnist import errors
 from mnist import hardware
 from mnist import losses as losses_lib
 from mnist import model as model_lib
+from mnist import model_dir_lock
 from mnist import optim
+from mnist import provenance
 from mnist import randomness
 from mnist import scoring
 from mnist import summaries
@@ -205,6 +207,16 @@ def _recorded_precision(model_dir: str) -> Optional[str]:
     return None
 
 
+def _recorded_provenance(model_dir: str) -> Optional[dict]:
+  """The provenance record of the run's previous process (its config.json), with the
+  segments trained so far."""
+  try:
+    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.json')) as f:
+      return json.loads(f.read()).get('provenance')
+  except (tf.errors.NotFoundError, ValueError, AttributeError):
+    return None
+
+
 def _check_model_dir(model_dir: str):
   try:
     os.makedirs(model_dir, exist_ok=True)
@@ -315,17 +327,19 @@ def _save(manager: _ChiefCheckpointManager, step: int) -> str:
       raise  # A lost worker, not a full disk: run() reports it as such.
     raise errors.CheckpointError(
         f'Could not write the checkpoint for step {step} in {manager.directory} (disk '
-        f'full?): {errors.first_line(e, 200)}. The previous checkpoint '
-        f'{manager.latest_checkpoint} is intact; free space and rerun to resume.') from None
+        f'full?): {errors.first_line(e, 200)}. '
+        + (f'The previous checkpoint {manager.latest_checkpoint} is intact; free space and '
+           'rerun to resume.' if manager.latest_checkpoint else
+           'There is no earlier checkpoint; free space and rerun to start again.')) from None
 
 
 def _report_lost_workers(run_fn):
   """Multi-worker: a collective that fails because another worker died or went
   silent becomes a WorkerLostError (exit 75) naming it and the checkpoint to resume."""
   @functools.wraps(run_fn)
-  def wrapper(config, datasets_override=None, strategy_override=None):
+  def wrapper(config, datasets_override=None, strategy_override=None, code_override=None):
     try:
-      return run_fn(config, datasets_override, strategy_override)
+      return run_fn(config, datasets_override, strategy_override, code_override)
     except distribute.PEER_FAILURES as e:
       if not (config.strategy == 'multi_worker' or isinstance(
           strategy_override, tf.distribute.MultiWorkerMirroredStrategy)):
@@ -340,9 +354,22 @@ def _report_lost_workers(run_fn):
 
 @_report_lost_workers
 def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits] = None,
-        strategy_override: Optional[tf.distribute.Strategy] = None) -> dict:
-  """Trains (or resumes) to config.epochs, evaluating each epoch; returns results.json."""
+        strategy_override: Optional[tf.distribute.Strategy] = None,
+        code_override: Optional[provenance.Code] = None) -> dict:
+  """Trains (or resumes) to config.epochs, evaluating each epoch; returns results.json.
+  `code_override`: the code version to record (default: this checkout's; tests)."""
+  # Holds model_dir's lock from when _train knows this process is the chief until the
+  # run ends: finished, failed, preempted (75) or diverged (3).
+  with contextlib.ExitStack() as held:
+    return _train(config, datasets_override, strategy_override, held, code_override)
+
+
+def _train(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits],
+           strategy_override: Optional[tf.distribute.Strategy],
+           held: contextlib.ExitStack,
+           code_override: Optional[provenance.Code] = None) -> dict:
   config.validate()
+  start_utc = provenance.utc_now()
   cpu_profile, gpu_profiles = hardware.cpu(), hardware.gpus()
   # --mixed_precision=auto: this machine's.
   config = hardware.resolve_auto(config, cpu_profile, gpu_profiles)
@@ -353,6 +380,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   if emulated:
     logging.warning(emulated)
   recorded_precision = _recorded_precision(config.model_dir)  # Before config.json is rewritten.
+  previous_record = _recorded_provenance(config.model_dir)
   if config.deterministic:
     # Process-wide and one-way: ops pick deterministic kernels from now on.
     tf.config.experimental.enable_op_determinism()
@@ -361,6 +389,8 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   strategy = strategy_override or distribute.strategy_from_config(config)
   # Multi-worker: only the chief writes checkpoints, summaries, config and results.
   chief, multi_worker = distribute.is_chief(strategy), distribute.num_workers(strategy) > 1
+  if chief:  # One writer per model_dir: a second run is refused here, having written nothing.
+    held.enter_context(model_dir_lock.hold(config.model_dir))
   if multi_worker:
     logging.info('This is %s of %d workers%s.', distribute.task_name(strategy),
                  distribute.num_workers(strategy),
@@ -382,14 +412,23 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
         splits.validation.cache(), splits.num_validation, config.eval_batch_size))
     epoch_eval_split = config.validation_split
 
-  if chief:
-    with tf.io.gfile.GFile(os.path.join(config.model_dir, 'config.json'), 'w') as f:
-      f.write(config.to_json())  # What scripts/evaluate, predict and export rebuild from.
   state = create_state(config, splits, strategy)
   manager = _ChiefCheckpointManager(state.checkpoint(),
                                     os.path.join(config.model_dir, 'checkpoints'),
                                     config.checkpoints_to_keep, chief, multi_worker)
   _restore(state, manager, recorded_precision, config.mixed_precision)
+  # What made the run (mnist/provenance.py), with the steps each process trained; a
+  # resume under other code or packages is a warning naming both.
+  record = provenance.resume(
+      provenance.record(config, splits.dataset_version, code_override, start_utc),
+      previous_record, int(state.step), warn=logging.warning)
+  logging.info('Code %s (%s); %s.', record['code_version'], record['code']['source'],
+               ', '.join(f'{k} {v}' for k, v in record['packages'].items()))
+  if chief:  # After the restore: a refused resume leaves the previous record as it was.
+    with tf.io.gfile.GFile(os.path.join(config.model_dir, 'config.json'), 'w') as f:
+      # What scripts/evaluate, predict and export rebuild from (TrainConfig.from_json
+      # reads the config's fields and ignores the record's key).
+      json.dump({**dataclasses.asdict(config), 'provenance': record}, f, indent=2)
   writer = (tf.summary.create_file_writer if chief
             else lambda logdir: tf.summary.create_noop_writer())
   train_writer = writer(os.path.join(config.model_dir, 'train'))
@@ -398,7 +437,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
   train_steps = train_steps_for(config, state, strategy)
   eval_step = scoring.make_eval_step(state.model, strategy, splits.num_classes)
   extras = summaries.start_run(config, state.model, strategy, splits, train_writer,
-                               eval_writer, int(state.step))
+                               eval_writer, int(state.step), record)
 
   logging.info('Training %s on %s (%d examples, %d steps/epoch) with %s, %d replica(s), '
                'batch %d, %s.', state.model.name, config.dataset, splits.num_train,
@@ -434,8 +473,8 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
         if consumed < num_steps:  # nan_policy=stop: the next batch was not finite.
           raise errors.TrainingDivergedError(
               f'The loss or gradient norm became NaN or Inf at step {step + consumed + 1} '
-              f'(epoch {epoch + 1}); training stopped before applying it. The last good '
-              f'checkpoint, {manager.latest_checkpoint}, is untouched. Lower '
+              f'(epoch {epoch + 1}); training stopped before applying it. '
+              f'{_last_good_checkpoint(manager.latest_checkpoint)} Lower '
               '--learning_rate, or pass --nan_policy=skip_step to drop such steps.')
         window_totals += totals
         window_skipped += int(skipped)
@@ -518,6 +557,7 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
       'eval_history': eval_history,  # This process's per-epoch evals, with seconds.
       'config': dataclasses.asdict(config),
       'hardware': machine,  # What these figures were measured on.
+      'provenance': provenance.finish(record, int(state.step)),  # What made them.
   }
   if splits.validation and eval_metrics:
     results.update(validation_accuracy=eval_metrics['accuracy'],
@@ -527,6 +567,12 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
     _write_json(os.path.join(config.model_dir, 'results.json'), results)
   extras.end_run(results)  # Test metrics into the HParams table; ends a trace.
   return results
+
+
+def _last_good_checkpoint(path: Optional[str]) -> str:
+  if path:
+    return f'The last good checkpoint, {path}, is untouched.'
+  return 'No checkpoint was written before it, so rerunning starts from step 0.'
 
 
 def _write_json(path: str, value: dict):

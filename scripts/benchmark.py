@@ -19,6 +19,7 @@ cli.define_benchmark_flags()
 def main(argv):
   del argv
   config = cli.benchmark_config_from_flags()  # Validated before TensorFlow loads.
+  cli.set_up_cluster(config.train)  # multi_worker: $TF_CONFIG, else from srun.
   if config.baseline and not config.role:
     runtime.check_precision(config.runtime, config.train.mixed_precision)  # As children do.
     from mnist.benchmark import ab  # pylint: disable=g-import-not-at-top

@@ -20,6 +20,7 @@ from mnist import cli
 from mnist import data
 from mnist import distribute
 from mnist import train
+from private_slurm import slurm_cluster  # noqa: F401  The private Slurm cluster fixture.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'mnist')

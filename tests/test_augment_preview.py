@@ -32,6 +32,7 @@ def test_one_resample_keeps_strokes_sharper_than_keras_chained_layers():
   assert augment_preview.sharpness(ours) > augment_preview.sharpness(chained) + 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_show_augmentation_script_prints_sharpness_and_writes_the_grid(tmp_path, manual_dir):
   output = tmp_path / 'aug.png'

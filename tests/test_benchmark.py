@@ -96,6 +96,7 @@ def _config(**changes):
     {'synthetic_data': True, 'train': {'strategy': 'mirrored', 'cpu_devices': 2}},
     {'input_only': True, 'train': {'steps_per_loop': 2}},
 ], ids=['ours', 'synthetic', 'synthetic_mirrored', 'input_only'])
+@pytest.mark.slow
 def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
   config = _config(**changes)
   # The session's strategy: a second one over the same devices would reuse its
@@ -109,6 +110,12 @@ def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
   assert settings['mode'] == 'windows' and settings['global_batch'] == 64
   assert {'devices', 'strategy', 'replicas', 'precision', 'xla', 'tensorflow', 'keras',
           'onednn', 'threads', 'env', 'hardware'} <= set(settings)
+  # What made the figures (mnist/provenance.py); injected data has no TFDS version.
+  record = result['provenance']
+  assert {'code_version', 'code', 'packages', 'onednn', 'command', 'host', 'start_time',
+          'end_time', 'dataset', 'slurm'} <= set(record)
+  assert record['end_time'] >= record['start_time']
+  assert record['dataset']['version'].startswith('unknown')
   out = capsys.readouterr().out
   assert out.index('Benchmark settings') < out.index('window 1/2') < out.index('median')
   assert f'  hardware   {settings["hardware"]["summary"]}\n' in out
@@ -122,6 +129,7 @@ def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
     assert 'fraction of the matmul ceiling' in out
 
 
+@pytest.mark.slow
 def test_the_ceiling_is_measured_in_the_compute_dtype(capsys):
   config = _config(synthetic_data=True, train={'mixed_precision': 'mixed_bfloat16'})
   result = measure.run(config, datasets_override=synthetic_splits())
@@ -135,6 +143,7 @@ def test_the_ceiling_is_measured_in_the_compute_dtype(capsys):
   assert ('  precision  mixed_bfloat16. WARNING: ' in out) == bool(reason)
 
 
+@pytest.mark.slow
 def test_flops_follow_the_model_flags():
   config = _config(synthetic_data=True, train={'model': 'fast_cnn', 'width': 2.0})
   result = measure.run(config, datasets_override=synthetic_splits())
@@ -143,6 +152,7 @@ def test_flops_follow_the_model_flags():
   _assert_relative_to_the_ceiling(result, model_flops=3 * forward)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('role', ['ours', 'keras_fit'])
 def test_epochs_mode_times_whole_epochs(role, capsys):
   config = _config(epochs_mode=True, role=role)
@@ -154,6 +164,7 @@ def test_epochs_mode_times_whole_epochs(role, capsys):
   assert 'epoch 2/2: 8 steps' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_keras_fit_role_times_windows_in_process(capsys):
   result = measure.run(_config(role='keras_fit', window_steps=5),
                          datasets_override=synthetic_splits())
@@ -170,6 +181,7 @@ def _script(*flags, env=None):
                         env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_script_rejects_bad_flags_before_loading_tensorflow():
   poison = os.path.join(REPO, 'tests', 'poison_tensorflow')
   result = _script('--num_windows=0', '--onednn=maybe', '--baseline=keras_fit',
@@ -181,6 +193,7 @@ def test_script_rejects_bad_flags_before_loading_tensorflow():
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_script_prints_settings_windows_and_json(manual_dir):
   result = _script("--train_split=train[:1024]", *TINY, '--mixed_precision=auto',
@@ -197,11 +210,13 @@ def test_script_prints_settings_windows_and_json(manual_dir):
   assert summary['settings']['precision_emulated'] is None  # auto never emulates.
   assert f'  hardware   {summary["settings"]["hardware"]["summary"]}' in lines
   assert summary['settings']['data'] == 'tfds' and summary['settings']['num_train'] == 1024
+  assert summary['provenance']['dataset']['version'] == '3.0.1'  # The TFDS builder's.
   # The settings come first (after TFDS's own lines if it had to prepare the data).
   assert lines.index('Benchmark settings') < min(
       i for i, line in enumerate(lines) if line.startswith('window '))
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_keras_fit_baseline_alternates_child_processes(manual_dir):
   result = _script("--train_split=train[:512]", *TINY, '--baseline=keras_fit',

@@ -81,6 +81,7 @@ def _restore_into_new_state(model_dir):
   return path, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', ['truncated', 'flipped_byte'])
 def test_rerun_resumes_from_the_previous_checkpoint_with_a_warning(run_copy, damage,
                                                                    caplog):
@@ -155,6 +156,7 @@ def _write_legacy_checkpoint(model_dir, num_rng_states=2):
   return config
 
 
+@pytest.mark.slow
 def test_checkpoint_with_old_rng_states_restores_and_they_are_not_saved_again(tmp_path,
                                                                               caplog):
   config = _write_legacy_checkpoint(str(tmp_path / 'run'))

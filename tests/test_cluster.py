@@ -66,12 +66,15 @@ def test_multi_worker_flags_are_validated(changes, message):
 
 @pytest.mark.parametrize('tf_config, message', [
     (None, 'error: --strategy=multi_worker needs the TF_CONFIG environment variable'),
+    (None, "or start every worker with Slurm's srun"),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
      'error: TF_CONFIG is malformed: task index 1 is not in 0..0'),
 ])
+@pytest.mark.slow
 def test_train_script_rejects_a_bad_tf_config_before_loading_tensorflow(tf_config, message):
   poison = os.path.join(REPO, 'tests', 'poison_tensorflow')
-  env = {k: v for k, v in os.environ.items() if k != cluster.TF_CONFIG_ENV}
+  env = {k: v for k, v in os.environ.items()  # Not Slurm's either, even inside a job.
+         if k != cluster.TF_CONFIG_ENV and not k.startswith('SLURM_')}
   env['PYTHONPATH'] = poison + os.pathsep + REPO
   if tf_config:
     env[cluster.TF_CONFIG_ENV] = tf_config

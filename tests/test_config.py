@@ -37,6 +37,7 @@ def test_invalid_config_names_the_problem(changes, message):
     config_lib.TrainConfig(**changes).validate()
 
 
+@pytest.mark.slow
 def test_script_refuses_fp8_before_tensorflow_loads_and_names_auto():
   poison = os.path.join(REPO, 'tests', 'poison_tensorflow')
   result = _run_script('--mixed_precision=fp8', env={'PYTHONPATH': poison + os.pathsep + REPO})
@@ -73,6 +74,7 @@ def _run_script(*args, env=None):
                         env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_script_rejects_bad_flags_before_loading_tensorflow():
   # A sitecustomize-free way to prove TF was never imported: make importing it fail.
   poison = os.path.join(REPO, 'tests', 'poison_tensorflow')
@@ -84,12 +86,14 @@ def test_script_rejects_bad_flags_before_loading_tensorflow():
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_script_rejects_unknown_flag_value_types():
   result = _run_script('--epochs=five')
   assert result.returncode != 0
   assert 'epochs' in result.stderr and 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_help_lists_every_training_flag():
   result = _run_script('--help')  # absl exits 1 after --help; the text is what counts.
   for name in config_lib.TrainConfig.__dataclass_fields__:

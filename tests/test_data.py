@@ -68,6 +68,7 @@ def test_load_splits_from_tfds_mock_data(monkeypatch):
     assert not os.path.exists(os.path.join(tfds.builder('mnist').data_dir, data.DECODED_DIR))
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_bad_split_is_a_clear_error(manual_dir):
   with pytest.raises(errors.DataError, match="--train_split='validation' is not a valid"):
@@ -142,6 +143,7 @@ def _examples(dataset):
   return np.stack(images), np.array(labels)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_decoded_copy_is_written_once_and_read_instead_of_the_tfds_files(prepared_copy):
   data_dir, version_dir = prepared_copy
@@ -164,6 +166,7 @@ def test_decoded_copy_is_written_once_and_read_instead_of_the_tfds_files(prepare
   assert np.array_equal(_examples(again.eval)[1], _examples(splits.eval)[1])
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_killed_writers_partial_copy_is_never_read(prepared_copy):
   data_dir, version_dir = prepared_copy
@@ -182,6 +185,7 @@ def test_a_killed_writers_partial_copy_is_never_read(prepared_copy):
   assert (decoded / 'train%5B%3A100%5D.index').exists()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_an_unwritable_decoded_folder_is_a_warning_and_tfds_decodes(prepared_copy, caplog):
   data_dir, version_dir = prepared_copy

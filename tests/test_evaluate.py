@@ -53,6 +53,7 @@ def test_text_report_shows_totals_classes_matrix_and_mistakes():
   assert lines[-1].split() == ['1', '3']
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_evaluate_scores_all_10000_test_images_like_training_did(trained_run):
   config = inference.read_config(trained_run)
@@ -70,6 +71,7 @@ def test_evaluate_scores_all_10000_test_images_like_training_did(trained_run):
   assert results['loss'] == pytest.approx(trained['test_loss'], rel=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_script_data_flags_override_the_runs_config(trained_run, manual_dir):
   result = subprocess.run(

@@ -42,6 +42,7 @@ def test_images(manual_dir):
   return images.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_saved_model_predicts_exactly_what_the_checkpoint_predicts(trained_run, exported,
                                                                    test_images):
@@ -60,6 +61,7 @@ def test_saved_model_predicts_exactly_what_the_checkpoint_predicts(trained_run, 
                              atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_tflite_model_agrees_with_the_checkpoint(trained_run, exported, test_images):
   assert exported['tflite'] == os.path.join(exported['saved_model'], export.TFLITE_FILE)
@@ -73,6 +75,7 @@ def test_tflite_model_agrees_with_the_checkpoint(trained_run, exported, test_ima
   assert np.mean(outputs['digits'] == expected.argmax(axis=1)) >= 0.999
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_predict_with_the_export_matches_predict_with_the_checkpoint(trained_run, exported,
                                                                      test_images, tmp_path):
@@ -97,6 +100,7 @@ def test_export_refuses_to_overwrite(tmp_path):
       str(tmp_path / 'new' / '1')
 
 
+@pytest.mark.slow
 def test_batch_norm_model_exports_to_saved_model_and_tflite(tmp_path):
   model = model_lib.build_model('strided_cnn', batch_norm=True)
   rng = np.random.default_rng(0)

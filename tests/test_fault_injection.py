@@ -23,6 +23,7 @@ def reference(tmp_path_factory):
   return outcome.results
 
 
+@pytest.mark.slow
 def test_a_deterministic_rerun_gives_the_same_fingerprint(tmp_path, reference, manual_dir):
   del manual_dir  # Only ensures the data exists.
   again = fault_injection.run(fault_injection.train_command(str(tmp_path), FLAGS),
@@ -30,6 +31,7 @@ def test_a_deterministic_rerun_gives_the_same_fingerprint(tmp_path, reference, m
   assert again.results['weights_sha256'] == reference['weights_sha256']
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_rerun_matches_uninterrupted(tmp_path, reference):
   command = fault_injection.train_command(str(tmp_path), FLAGS)
   killed = fault_injection.run_and_signal(command, str(tmp_path), signal.SIGKILL,
@@ -43,6 +45,7 @@ def test_sigkill_after_a_checkpoint_then_rerun_matches_uninterrupted(tmp_path, r
   assert resumed.results['weights_sha256'] == reference['weights_sha256']
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_75_and_resumes(tmp_path, reference):
   command = fault_injection.train_command(str(tmp_path), FLAGS)
   stopped = fault_injection.run_and_signal(command, str(tmp_path), signal.SIGTERM,
@@ -56,6 +59,7 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_resumes(tmp_path, reference):
   assert resumed.results['weights_sha256'] == reference['weights_sha256']
 
 
+@pytest.mark.slow
 def test_fault_check_reports_every_resumed_run(tmp_path):
   expected, trials = fault_injection.fault_check(
       str(tmp_path), ["--train_split=train[:1280]", '--epochs=2',

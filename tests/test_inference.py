@@ -24,6 +24,7 @@ def synthetic_run(tmp_path_factory):
   return model_dir, train.run(config, datasets_override=synthetic_splits())
 
 
+@pytest.mark.slow
 def test_load_model_restores_the_trained_weights_and_predicts_like_training(synthetic_run):
   model_dir, results = synthetic_run
   model = inference.load_model(model_dir)
@@ -103,6 +104,7 @@ def test_exported_model_needs_a_saved_model(tmp_path):
     inference.ExportedModel(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_loads_as_float32(tmp_path):
   config = config_lib.TrainConfig(model_dir=str(tmp_path / 'run'), epochs=1, batch_size=64,
                                   eval_batch_size=128, mixed_precision='mixed_float16')

@@ -47,6 +47,7 @@ def _fake_launch(tmp_path, flags, num_workers=2):
   return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_workers_get_their_own_tf_config_and_prefixed_logs(tmp_path):
   code, out, err = _fake_launch(tmp_path, ['--epochs=1'], num_workers=3)
   assert code == 0, err
@@ -59,6 +60,7 @@ def test_workers_get_their_own_tf_config_and_prefixed_logs(tmp_path):
     ([], ['SIGTERM']),
     (['--ignore_sigterm'], ['SIGTERM', 'SIGKILL']),  # Stuck in a collective, say.
 ])
+@pytest.mark.slow
 def test_a_failed_worker_stops_the_others_and_is_named(tmp_path, extra, signals):
   code, _, err = _fake_launch(tmp_path, ['--fail_worker=1', *extra])
   assert code == 3
@@ -102,6 +104,7 @@ def _worker_results(stdout: str) -> dict:
   return results
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, prepared):
   model_dir = str(tmp_path / 'run')
@@ -145,6 +148,7 @@ def test_two_workers_train_like_one_device_and_only_the_chief_writes(tmp_path, p
   assert workers[0]['test_accuracy'] == pytest.approx(one.results['test_accuracy'], abs=2e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_killing_a_worker_fails_the_launch_promptly_and_a_rerun_resumes(tmp_path, prepared):
   model_dir = str(tmp_path / 'run')

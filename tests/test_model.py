@@ -88,6 +88,7 @@ def test_strided_cnn_drops_after_each_block_with_per_example_dropout():
   assert len(model.variables) == len(model.weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', list(model_lib.MODELS))
 def test_width_scales_every_hidden_layer_and_keeps_the_logits(name):
   def channels(model):

@@ -62,6 +62,7 @@ def test_weight_decay_shrinks_kernels_only():
     np.testing.assert_array_equal(after[name], 1.0)
 
 
+@pytest.mark.slow
 def test_ema_weights_are_swapped_in_for_the_block_and_back_after(tmp_path, splits):
   config = config_lib.TrainConfig(model_dir=str(tmp_path), batch_size=32,
                                   ema_momentum=0.9)

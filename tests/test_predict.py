@@ -55,6 +55,7 @@ def pictures(tmp_path_factory, manual_dir):
   return paths, labels
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_predict_recognises_photographed_digits(trained_run, pictures, tmp_path):
   paths, labels = pictures
@@ -78,6 +79,7 @@ def test_predict_recognises_photographed_digits(trained_run, pictures, tmp_path)
     assert image.size == (28, 28) and image.mode == 'L'
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_bad_files_get_their_own_errors_and_the_others_are_predicted(trained_run, pictures,
                                                                      tmp_path):
@@ -132,6 +134,7 @@ def test_predict_files_orders_top3_and_keeps_going_past_bad_files(tmp_path):
   assert os.listdir(tmp_path / 'out') == ['good.png']
 
 
+@pytest.mark.slow
 def test_usage_errors_are_reported_before_tensorflow_loads(tmp_path):
   poison = os.path.join(REPO, 'tests', 'poison_tensorflow')
   env = {**os.environ, 'PYTHONPATH': poison + os.pathsep + REPO}

@@ -161,6 +161,7 @@ def test_missing_file_and_folder_are_image_errors(tmp_path):
     preprocess.preprocess_file(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_large_picture_is_shrunk_first_and_gives_the_same_digit(tmp_path):
   small = _l_shape(canvas=(300, 200), height=120, width=60, top=50, left=70, stroke=12)
   large = np.asarray(Image.fromarray(small.astype(np.uint8)).resize(

@@ -37,6 +37,7 @@ def _train_call(strategy, layer, inputs, seed=3, step=5):
     (lambda: augment.RandomDistortion(2, 10, 0.1, elastic_alpha=34), _ramps),
     (lambda: augment.RandomCutout(8), lambda: np.ones((GLOBAL_BATCH, 28, 28, 1), np.float32)),
 ])
+@pytest.mark.slow
 def test_each_example_draws_the_same_on_one_device_and_two_replicas(mirrored2, make_layer,
                                                                     make_inputs):
   layer, inputs = make_layer(), make_inputs()

@@ -17,6 +17,7 @@ def _train(*flags, env=None):
                         env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_short_real_run_scores_all_10000_test_images(tmp_path, manual_dir):
   model_dir = str(tmp_path / 'run')
   result = _train(f'--model_dir={model_dir}', "--train_split=train[:6400]", '--epochs=1',
@@ -33,6 +34,7 @@ def test_short_real_run_scores_all_10000_test_images(tmp_path, manual_dir):
   assert os.listdir(os.path.join(model_dir, 'eval'))
 
 
+@pytest.mark.slow
 def test_missing_data_fails_fast_naming_the_files(tmp_path):
   result = _train(f'--model_dir={tmp_path / "run"}', f'--data_dir={tmp_path / "tfds"}',
                   f'--tfds_manual_dir={tmp_path / "no_such_dir"}')
@@ -42,6 +44,7 @@ def test_missing_data_fails_fast_naming_the_files(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_manual_dir_falls_back_to_the_environment(tmp_path):
   result = _train(f'--model_dir={tmp_path / "run"}', f'--data_dir={tmp_path / "tfds"}',
                   env={'TFDS_MANUAL_DIR': str(tmp_path / 'from_env')})

@@ -18,6 +18,7 @@ def _run_script(*args):
                         capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_report_reads_the_curves_and_latest_confusion_matrix_of_a_run(tmp_path):
   config = config_lib.TrainConfig(model_dir=str(tmp_path / 'run'), epochs=2, batch_size=64,
                                   eval_batch_size=100, log_every_steps=4)
@@ -40,6 +41,7 @@ def test_report_reads_the_curves_and_latest_confusion_matrix_of_a_run(tmp_path):
   assert report.write_report(config.model_dir, other) == other and os.path.getsize(other)
 
 
+@pytest.mark.slow
 def test_a_dir_without_events_is_a_clear_error(tmp_path):
   empty = tmp_path / 'empty'
   (empty / 'train').mkdir(parents=True)

@@ -25,6 +25,7 @@ def _by_hand(model, splits):
   return images.numpy(), labels.numpy(), logits.argmax(-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('two_replicas', [False, True])
 def test_one_pass_gives_metrics_confusion_matrix_and_mistakes(two_replicas, mirrored2):
   splits = synthetic_splits(num_eval=300)  # 300 = 2 full batches of 128 + padded 44.
@@ -54,6 +55,7 @@ def test_one_pass_gives_metrics_confusion_matrix_and_mistakes(two_replicas, mirr
   assert all(label != p for label, p in zip(mistakes.labels, mistakes.predictions))
 
 
+@pytest.mark.slow
 def test_no_mistakes_kept_unless_asked():
   splits = synthetic_splits(num_eval=100)
   strategy = tf.distribute.get_strategy()

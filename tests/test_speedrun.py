@@ -35,6 +35,7 @@ def test_summary_of_seeds_finished_in_an_earlier_call_has_no_process_time():
   assert speedrun.summary(runs)['process_seconds_mean'] is None
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_speedrun_script_runs_seeds_and_the_baseline(tmp_path, manual_dir):
   baseline = tmp_path / 'tiny_seed.flags'

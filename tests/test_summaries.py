@@ -12,11 +12,17 @@ from tensorboard.util import tensor_util
 
 from mnist import config as config_lib
 from mnist import errors
+from mnist import provenance
 from mnist import summaries
 from mnist import train
 
 from conftest import synthetic_splits
 import tensorboard_server
+
+# Injected, so the assertions do not depend on the state of this checkout.
+CODE = provenance.Code(source='git checkout /repo', commit='1a2b3c4d' + '0' * 32,
+                       dirty=True, diff_sha256='5e6f7a8b' + '0' * 56)
+
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
@@ -25,7 +31,8 @@ def trained(tmp_path_factory):
   config = config_lib.TrainConfig(model_dir=str(logdir / 'run'), epochs=2, batch_size=32,
                                   eval_batch_size=128, log_every_steps=5,
                                   profile_steps='3,6')
-  return str(logdir), config.model_dir, train.run(config, datasets_override=synthetic_splits())
+  return str(logdir), config.model_dir, train.run(config, datasets_override=synthetic_splits(),
+                                                  code_override=CODE)
 
 
 def _tensors(run_dir):
@@ -38,6 +45,7 @@ def _tensors(run_dir):
           for tag in accumulator.Tags()['tensors']}
 
 
+@pytest.mark.slow
 def test_each_eval_writes_a_confusion_matrix_and_misclassified_digits(trained):
   _, model_dir, results = trained
   tensors = _tensors(os.path.join(model_dir, 'eval'))
@@ -82,7 +90,14 @@ def test_run_writes_its_config_as_hparams_and_the_test_metrics(trained):
   assert hparams['strategy'].string_value == 'default'
   assert hparams['profile_steps'].string_value == '3,6'
   assert hparams['data_dir'].string_value == ''  # None is not an hparams value.
-  assert set(hparams) == set(config_lib.TrainConfig.__dataclass_fields__)
+  assert set(hparams) == {*config_lib.TrainConfig.__dataclass_fields__,
+                          summaries.CODE_VERSION_HPARAM}
+  assert hparams['code_version'].string_value == '1a2b3c4d+dirty.5e6f7a8b'
+  plugin, events = tensors[summaries.PROVENANCE_TAG]
+  assert plugin == 'text' and [step for step, _ in events] == [0]
+  table = events[0][1].item().decode()
+  assert f'| commit | `{CODE.commit}` |' in table
+  assert results['provenance']['command'] in table.replace('\\|', '|')
   for name in ('test_accuracy', 'test_loss'):
     plugin, events = tensors[name]
     assert plugin == 'scalars'
@@ -90,6 +105,7 @@ def test_run_writes_its_config_as_hparams_and_the_test_metrics(trained):
     assert (step, float(value)) == (results['global_step'], pytest.approx(results[name]))
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace_and_no_flag_writes_none(trained, tmp_path, mirrored2):
   _, model_dir, _ = trained
   traces = glob.glob(os.path.join(model_dir, 'plugins', 'profile', '*', '*.xplane.pb'))
@@ -117,6 +133,7 @@ def test_profile_steps_parse_and_empty_means_off():
     assert config_lib.TrainConfig(profile_steps=off).validate().profile_step_range() is None
 
 
+@pytest.mark.slow
 def test_real_tensorboard_serves_scalars_images_histograms_hparams_and_profile(
     trained, tmp_path):
   logdir, _, results = trained
@@ -154,6 +171,16 @@ def test_real_tensorboard_serves_scalars_images_histograms_hparams_and_profile(
     assert {('', 'test_accuracy'), ('', 'test_loss'), ('eval', 'accuracy')} <= metrics
     groups = server.session_groups()
     assert len(groups) == 1 and groups[0]['hparams']['batch_size'] == 32
+    assert groups[0]['hparams']['code_version'] == '1a2b3c4d+dirty.5e6f7a8b'
+    assert types['code_version'] == 'DATA_TYPE_STRING'
+
+    # The Text dashboard: the run's provenance table, rendered (Markdown to HTML).
+    assert summaries.PROVENANCE_TAG in server.get('/data/plugin/text/tags')['run']
+    texts = server.get('/data/plugin/text/text?' + parse.urlencode(
+        {'run': 'run', 'tag': summaries.PROVENANCE_TAG}))
+    assert [text['step'] for text in texts] == [0]
+    assert CODE.commit in texts[0]['text'] and '<table>' in texts[0]['text']
+    assert '1a2b3c4d+dirty.5e6f7a8b' in texts[0]['text']
     values = {m['name']['tag']: m['value'] for m in groups[0]['metricValues']
               if not m['name'].get('group')}
     assert values['test_accuracy'] == pytest.approx(results['test_accuracy'])

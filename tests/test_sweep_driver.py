@@ -17,6 +17,7 @@ SWEEP = os.path.join(REPO, 'scripts', 'sweep.py')
 GUARD_SECONDS = 900  # A hung sweep fails the test instead of the CI run.
 
 
+@pytest.mark.slow
 def test_bad_variants_are_refused_before_any_run(tmp_path):
   sweep_dir = tmp_path / 'sweep'
   poison = os.path.join(REPO, 'tests', 'poison_tensorflow')  # Importing TF fails.
@@ -57,6 +58,7 @@ def _interrupt_after_first_finished_run(command):
   return process.returncode, finished, stderr
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_interrupted_sweep_resumes_reports_and_shows_in_tensorboard(tmp_path, manual_dir):
   sweep_dir = tmp_path / 'sweep'
@@ -66,7 +68,11 @@ def test_interrupted_sweep_resumes_reports_and_shows_in_tensorboard(tmp_path, ma
   assert 'Received SIGINT' in stderr and 'Rerun the same command' in stderr
   assert finished
 
-  rerun = subprocess.run(command, capture_output=True, text=True, timeout=GUARD_SECONDS)
+  # The checkout may be edited while this runs (a developer at work), which the rerun
+  # would refuse; that refusal is tested in test_sweep_spec.py.
+  separator = command.index('--')
+  rerun = subprocess.run([*command[:separator], '--allow_code_change', *command[separator:]],
+                         capture_output=True, text=True, timeout=GUARD_SECONDS)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   for name in finished:
     assert f'{name}: finished earlier, skipped' in rerun.stdout
@@ -91,7 +97,8 @@ def test_interrupted_sweep_resumes_reports_and_shows_in_tensorboard(tmp_path, ma
   with tensorboard_server.serve(sweep_dir, str(tmp_path / 'tensorboard.log'),
                                 ready) as server:
     experiment = server.get('/data/plugin/hparams/experiment', {'experimentName': ''})
-    assert [info['name'] for info in experiment['hparamInfos']] == ['learning_rate', 'seed']
+    assert sorted(info['name'] for info in experiment['hparamInfos']) == [
+        'code_version', 'learning_rate', 'seed']
     assert 'validation_accuracy' in [m['name']['tag'] for m in experiment['metricInfos']]
     for group in server.session_groups():
       session = group['sessions'][0]['name']  # The run's folder under sweep_dir.
@@ -99,3 +106,5 @@ def test_interrupted_sweep_resumes_reports_and_shows_in_tensorboard(tmp_path, ma
       assert values['validation_accuracy'] == pytest.approx(
           results[session]['validation_accuracy'])
       assert group['hparams']['seed'] == results[session]['config']['seed']
+      assert group['hparams']['code_version'] == results[session]['provenance'][
+          'code_version']

@@ -1,5 +1,6 @@
 """mnist/sweep/report.py and plot.py: the numbers, the files and the picture of a sweep."""
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -71,3 +72,59 @@ def test_report_files_markdown_csv_json_and_png(sweep, tmp_path):
   png = plot.draw(report, str(tmp_path / 'report.png'))
   with open(png, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+PACKAGES = {'python': '3.11.7', 'tensorflow': '2.21.0'}
+
+
+def _with_code(outcomes, version_of):
+  """The outcomes with a provenance record naming the code version version_of(run)."""
+  return [dataclasses.replace(o, results={**o.results, 'provenance': {
+      'code_version': version_of(o.job.name), 'packages': PACKAGES}})
+          for o in outcomes]
+
+
+def test_report_names_the_code_and_packages_of_a_single_version_sweep(sweep, tmp_path):
+  outcomes = _with_code(_outcomes(sweep, tmp_path), lambda name: '1a2b3c4d')
+  report = report_lib.build(sweep, outcomes, {'provenance': {'code_version': '1a2b3c4d'}})
+  assert list(report['code_versions']) == ['1a2b3c4d']
+  assert sorted(report['code_versions']['1a2b3c4d']) == sorted(o.job.name for o in outcomes)
+  assert not report['spans_code_versions']
+  assert report['packages'] == [{'versions': PACKAGES, 'runs': report['code_versions'][
+      '1a2b3c4d']}]
+  markdown = report_lib.markdown(report)
+  assert 'The sweep started under code `1a2b3c4d`.' in markdown
+  assert '- code `1a2b3c4d`: every run' in markdown
+  assert '- packages python 3.11.7, tensorflow 2.21.0: every run' in markdown
+  assert 'spans' not in markdown
+  rows = list(csv.DictReader(open(report_lib.write(report, str(tmp_path))['csv'])))
+  assert {r['code'] for r in rows} == {'1a2b3c4d'}
+  assert {r['packages'] for r in rows} == {'python 3.11.7, tensorflow 2.21.0'}
+
+
+def test_a_sweep_spanning_code_versions_says_so_and_marks_each_run(sweep, tmp_path):
+  outcomes = _with_code(_outcomes(sweep, tmp_path),
+                        lambda name: 'bbbbbbbb+dirty.cc' if name.endswith('seed2')
+                        else 'aaaaaaaa')
+  outcomes[0] = dataclasses.replace(outcomes[0], results={  # Written by older code.
+      k: v for k, v in outcomes[0].results.items() if k != 'provenance'})
+  report = report_lib.build(sweep, outcomes, {
+      'provenance': {'code_version': 'aaaaaaaa'},
+      'code_changes': [{'code_version': 'bbbbbbbb+dirty.cc'}]})
+  assert report['spans_code_versions']
+  assert report['code_versions']['bbbbbbbb+dirty.cc'] == [
+      'learning_rate=1e-3/seed2', 'learning_rate=3e-3/seed2', 'learning_rate=1e-2/seed2']
+  assert report['code_versions']['unknown'] == ['learning_rate=1e-3/seed0']
+  base, better, _ = report['rows']
+  assert base['code_versions'] == {'0': 'unknown', '1': 'aaaaaaaa',
+                                   '2': 'bbbbbbbb+dirty.cc'}
+  assert better['code'] == 'aaaaaaaa (seeds 0, 1); bbbbbbbb+dirty.cc (seed 2)'
+  markdown = report_lib.markdown(report)
+  assert '**The comparison spans several code or package versions**' in markdown
+  assert ('changes allowed since (--allow_code_change): `bbbbbbbb+dirty.cc`'
+          in markdown)
+  assert ('- code `bbbbbbbb+dirty.cc`: learning_rate=1e-3/seed2, learning_rate=3e-3/seed2, '
+          'learning_rate=1e-2/seed2') in markdown
+  assert '| aaaaaaaa (seeds 0, 1); bbbbbbbb+dirty.cc (seed 2) |' in markdown
+  written = json.load(open(report_lib.write(report, str(tmp_path))['json']))
+  assert written['spans_code_versions'] and written['rows'][1]['code'] == better['code']

@@ -71,6 +71,7 @@ def test_thread_pools_match_the_slot_and_a_users_own_setting_wins(tmp_path):
   assert runner.thread_flags(None) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason='needs 2 cores to pin to')
 def test_parallel_runs_are_pinned_to_their_own_cores(tmp_path, fake_train):
   cpus = sorted(os.sched_getaffinity(0))[:2]
@@ -82,6 +83,7 @@ def test_parallel_runs_are_pinned_to_their_own_cores(tmp_path, fake_train):
   assert all('--intra_op_threads=1' in _starts(job)[0]['argv'] for job in jobs)
 
 
+@pytest.mark.slow
 def test_finished_runs_are_skipped_and_failures_do_not_stop_the_others(tmp_path,
                                                                        fake_train):
   done, failing, fresh = (_job(tmp_path, 'done', '--seed=1'),
@@ -102,6 +104,7 @@ def test_finished_runs_are_skipped_and_failures_do_not_stop_the_others(tmp_path,
     assert f.readline().startswith('$ ')  # The command, then the run's output.
 
 
+@pytest.mark.slow
 def test_sigint_stops_running_children_cleanly_and_starts_no_more(tmp_path, fake_train):
   jobs = [_job(tmp_path, name, '--seed=1', '--seconds=60') for name in ('a', 'b', 'c')]
 

@@ -1,13 +1,21 @@
 """mnist/sweep/spec.py: grids, hand-made variants, run names, and the refusals that
 must come before any training process starts."""
+from importlib import metadata
+import json
 import os
 
 import pytest
 
 from mnist import errors
+from mnist import provenance
+from mnist.sweep import driver
 from mnist.sweep import spec
 
 BASE = ['--train_split=train[:6400]', '--validation_split=train[55000:]', '--epochs=1']
+# Injected code versions: the checkout's own may change while a test runs.
+CODE_A = provenance.Code(source='git checkout /repo', commit='a' * 40, dirty=False)
+CODE_B = provenance.Code(source='git checkout /repo', commit='a' * 40, dirty=True,
+                         diff_sha256='b' * 64)
 
 
 def test_grid_is_the_product_named_flag_by_flag_in_order():
@@ -83,20 +91,58 @@ def test_a_bad_baseline_or_metric_is_refused():
 def test_sweep_dir_is_recorded_and_a_different_sweep_refused(tmp_path):
   sweep_dir = str(tmp_path / 'sweep')
   first = spec.build(BASE, ['learning_rate=1e-3,3e-3'], [], range(2))
-  spec.check_sweep_dir(first, sweep_dir)
+  spec.check_sweep_dir(first, sweep_dir, CODE_A)
   assert os.path.exists(os.path.join(sweep_dir, spec.SPEC_FILE))
   # The same variants with more seeds, another baseline or metric: the same sweep.
   spec.check_sweep_dir(spec.build(BASE, ['learning_rate=1e-3,3e-3'], [], range(5),
                                    baseline='learning_rate=3e-3',
-                                   metric='test_accuracy'), sweep_dir)
+                                   metric='test_accuracy'), sweep_dir, CODE_A)
   for other in (spec.build(BASE, ['learning_rate=1e-3,1e-2'], [], range(2)),
                 spec.build([*BASE, '--batch_size=32'], ['learning_rate=1e-3,3e-3'], [],
                            range(2))):
     with pytest.raises(errors.ConfigError, match='holds a different sweep'):
-      spec.check_sweep_dir(other, sweep_dir)
+      spec.check_sweep_dir(other, sweep_dir, CODE_A)
 
 
 def test_a_non_empty_folder_without_a_sweep_is_refused(tmp_path):
   (tmp_path / 'notes.txt').write_text('mine')
   with pytest.raises(errors.ConfigError, match='is not empty and holds no sweep.json'):
     spec.check_sweep_dir(spec.build(BASE, [], [], [0]), str(tmp_path))
+
+
+def test_sweep_json_records_the_code_and_a_rerun_under_other_code_is_refused(tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  sweep = spec.build(BASE, ['learning_rate=1e-3,3e-3'], [], range(2))
+  spec.check_sweep_dir(sweep, sweep_dir, CODE_A)
+  with open(os.path.join(sweep_dir, spec.SPEC_FILE)) as f:
+    recorded = json.load(f)['provenance']
+  assert recorded['code_version'] == 'aaaaaaaa' and recorded['code']['dirty'] is False
+  assert recorded['packages']['tensorflow'] == metadata.version('tensorflow')
+  spec.check_sweep_dir(sweep, sweep_dir, CODE_A)  # The same code resumes.
+  with pytest.raises(errors.ConfigError) as e:  # Uncommitted changes on the same commit.
+    spec.check_sweep_dir(sweep, sweep_dir, CODE_B)
+  message = str(e.value)
+  assert 'started under code aaaaaaaa' in message
+  assert 'this checkout is aaaaaaaa+dirty.bbbbbbbb' in message
+  assert 'Nothing was run' in message and '--allow_code_change' in message
+  assert '\n' not in message and errors.ConfigError.exit_code == 2
+  allowed = spec.check_sweep_dir(sweep, sweep_dir, CODE_B, allow_code_change=True)
+  assert [c['code_version'] for c in allowed['code_changes']] == ['aaaaaaaa+dirty.bbbbbbbb']
+  assert allowed['provenance']['code_version'] == 'aaaaaaaa'  # What it started with.
+  spec.check_sweep_dir(sweep, sweep_dir, CODE_B)  # Allowed once: part of the sweep now.
+  with pytest.raises(errors.ConfigError, match=r'\(later allowed: aaaaaaaa\+dirty'):
+    spec.check_sweep_dir(sweep, sweep_dir, provenance.Code('git checkout /repo', 'c' * 40,
+                                                           False))
+
+
+def _no_log(*unused_args, **unused_kwargs):
+  pass
+
+
+def test_the_driver_refuses_other_code_before_any_run_starts(tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  sweep = spec.build(BASE, ['learning_rate=1e-3,3e-3'], [], range(2))
+  spec.check_sweep_dir(sweep, sweep_dir, CODE_A)
+  with pytest.raises(errors.ConfigError, match='started under code aaaaaaaa'):
+    driver.run(sweep, sweep_dir, code=CODE_B, log=_no_log)
+  assert os.listdir(sweep_dir) == [spec.SPEC_FILE]  # No run, log or event file.

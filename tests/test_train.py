@@ -20,6 +20,7 @@ from mnist import inference
 from mnist import losses as losses_lib
 from mnist import model as model_lib
 from mnist import optim
+from mnist import provenance
 from mnist import scoring
 from mnist import train
 
@@ -41,6 +42,7 @@ def _scalar_tags(run_dir):
           if values and values[0].ndim == 0}  # Scalars, not histograms or images.
 
 
+@pytest.mark.slow
 def test_run_trains_evaluates_and_writes_everything_a_user_inspects(tmp_path, splits):
   config = _config(tmp_path, epochs=3, steps_per_loop=3)
   results = train.run(config, datasets_override=splits)
@@ -61,6 +63,7 @@ def test_run_trains_evaluates_and_writes_everything_a_user_inspects(tmp_path, sp
   assert tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_redoing_epochs_and_more_epochs_continue(tmp_path, splits):
   config = _config(tmp_path, epochs=1)
   first = train.run(config, datasets_override=splits)
@@ -102,6 +105,7 @@ def _train_k_steps(strategy, config, splits, k):
     # kernel's, so more rounding (4.4e-5 apart with AVX2 kernels).
     ({'dropout_rate': 0.5, 'batch_norm': True}, 1e-4),
 ])
+@pytest.mark.slow
 def test_two_replicas_train_exactly_like_one_device(tmp_path, splits, mirrored2, changes,
                                                     tolerance):
   # Every example draws the same dropout mask and augmentation on either, and batch
@@ -121,6 +125,7 @@ def test_two_replicas_train_exactly_like_one_device(tmp_path, splits, mirrored2,
   assert two_eval['loss'] == pytest.approx(one_eval['loss'], rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('first_on_two_replicas', [True, False])
 def test_a_run_resumed_on_another_replica_count_continues_the_same_trajectory(
     tmp_path, splits, mirrored2, first_on_two_replicas):
@@ -159,6 +164,7 @@ def _one_sgd_step(config, splits, sam_rho):
   return state.model, before, change, batch
 
 
+@pytest.mark.slow
 def test_sam_takes_the_gradient_at_the_weights_moved_rho_up_the_gradient(tmp_path, splits):
   config = _config(tmp_path, model='seed_cnn', batch_norm=True, dropout_rate=0.0)
   model, before, change, (images, labels) = _one_sgd_step(config, splits, sam_rho=0.5)
@@ -178,6 +184,7 @@ def test_sam_takes_the_gradient_at_the_weights_moved_rho_up_the_gradient(tmp_pat
   assert max(np.max(np.abs(e - g)) for e, g in zip(expected, gradient)) > 1e-3  # Not SGD.
 
 
+@pytest.mark.slow
 def test_sam_second_pass_reuses_the_first_pass_augmentation_and_dropout(tmp_path, splits):
   # With a tiny radius the gradient does not move, but only if both passes see the
   # same augmented images and dropout masks. (Batch norm: a conv bias starts at 0,
@@ -190,12 +197,14 @@ def test_sam_second_pass_reuses_the_first_pass_augmentation_and_dropout(tmp_path
     np.testing.assert_allclose(s, p, rtol=0, atol=1e-4 * np.max(np.abs(p)))
 
 
+@pytest.mark.slow
 def test_sam_trains_under_two_replicas(tmp_path, splits, mirrored2):
   results = train.run(_config(tmp_path, epochs=2, batch_norm=True, sam_rho=0.05),
                       datasets_override=splits, strategy_override=mirrored2)
   assert results['num_replicas'] == 2 and results['test_accuracy'] > 0.5
 
 
+@pytest.mark.slow
 def test_mirrored_run_scores_every_eval_example_with_an_uneven_last_batch(tmp_path,
                                                                            mirrored2):
   splits = synthetic_splits(num_train=256, num_eval=301)
@@ -211,6 +220,7 @@ def test_mirrored_run_scores_every_eval_example_with_an_uneven_last_batch(tmp_pa
     {'sam_rho': 0.05, 'mixed_precision': 'mixed_float16'},  # Through the loss scale.
     {'sam_rho': 0.05, 'jit_compile': True},
 ])
+@pytest.mark.slow
 def test_precision_and_xla_paths_train_on_cpu(tmp_path, splits, changes):
   results = train.run(_config(tmp_path, epochs=2, **changes), datasets_override=splits)
   assert np.isfinite(results['test_loss'])
@@ -224,6 +234,7 @@ def test_loss_scale_optimizer_is_used_for_float16_only(tmp_path, splits):
     assert isinstance(state.optimizer, tf.keras.optimizers.LossScaleOptimizer) == scaled
 
 
+@pytest.mark.slow
 def test_checkpoint_from_other_flags_is_refused_not_partially_loaded(tmp_path, splits):
   config = _config(tmp_path, epochs=1)
   train.run(config, datasets_override=splits)
@@ -250,6 +261,7 @@ def test_split_smaller_than_a_batch_is_refused(tmp_path):
               datasets_override=synthetic_splits(num_train=50))
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_train_under_two_replicas(tmp_path, splits, mirrored2):
   config = _config(tmp_path, epochs=1, batch_norm=True)
   results = train.run(config, datasets_override=splits, strategy_override=mirrored2)
@@ -263,6 +275,7 @@ def test_batch_norm_statistics_train_under_two_replicas(tmp_path, splits, mirror
   assert reloaded['loss'] == pytest.approx(results['test_loss'], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_fingerprint_in_results_is_the_final_model(tmp_path, splits):
   config = _config(tmp_path, epochs=1)
   results = train.run(config, datasets_override=splits)
@@ -279,6 +292,7 @@ def _with_validation(splits):
   return dataclasses.replace(splits, validation=extra.train, num_validation=200)
 
 
+@pytest.mark.slow
 def test_validation_split_is_evaluated_each_epoch_and_test_only_at_the_end(tmp_path, splits):
   config = _config(tmp_path, epochs=2, validation_split='train[55000:]')
   results = train.run(config, datasets_override=_with_validation(splits))
@@ -291,6 +305,7 @@ def test_validation_split_is_evaluated_each_epoch_and_test_only_at_the_end(tmp_p
   assert not os.path.exists(os.path.join(config.model_dir, 'eval'))
 
 
+@pytest.mark.slow
 def test_eval_uses_the_weight_averages_when_ema_is_on(tmp_path, splits):
   config = _config(tmp_path, epochs=1, ema_momentum=0.9)
   results = train.run(config, datasets_override=splits)
@@ -322,6 +337,7 @@ def test_xla_over_logical_cpu_replicas_is_refused_clearly(tmp_path, splits, mirr
               strategy_override=mirrored2)
 
 
+@pytest.mark.slow
 def test_auto_precision_is_resolved_recorded_and_the_hardware_with_it(tmp_path, splits):
   config = _config(tmp_path, epochs=1, mixed_precision='auto')
   results = train.run(config, datasets_override=splits)
@@ -332,6 +348,7 @@ def test_auto_precision_is_resolved_recorded_and_the_hardware_with_it(tmp_path, 
   assert results['hardware'] == hardware.as_dict(hardware.cpu(), hardware.gpus())
 
 
+@pytest.mark.slow
 def test_a_run_resumed_in_another_precision_says_so_or_names_both(tmp_path, splits, caplog):
   # bfloat16 and float32 checkpoints hold the same float32 variables: it continues.
   config = _config(tmp_path, epochs=1, mixed_precision='mixed_bfloat16')
@@ -354,3 +371,36 @@ def test_a_run_resumed_in_another_precision_says_so_or_names_both(tmp_path, spli
                      match='written under --mixed_precision=mixed_float16 and this run '
                            'uses float32'):
     train.run(scaled.replace(epochs=2, mixed_precision='float32'), datasets_override=splits)
+
+
+@pytest.mark.slow  # Trains (tiny, but several seconds of tracing).
+def test_a_run_resumed_under_other_code_lists_both_segments_and_warns(tmp_path, caplog):
+  """Each process that trained the run is a segment of results.json; config.json keeps
+  the record apart from the config, which the other scripts still rebuild from it."""
+  old = provenance.Code(source='git checkout /old', commit='a' * 40, dirty=False)
+  new = provenance.Code(source='git checkout /new', commit='b' * 40, dirty=True,
+                        diff_sha256='c' * 64)
+  config = _config(tmp_path, epochs=1, epoch_summaries=False)
+  tiny = synthetic_splits(num_train=64, num_eval=32)  # 2 steps an epoch.
+  first = train.run(config, datasets_override=tiny, code_override=old)
+  assert [(s['code_version'], s['first_step'], s['last_step'])
+          for s in first['provenance']['segments']] == [('aaaaaaaa', 0, 2)]
+  with caplog.at_level(logging.INFO, logger='absl'):
+    resumed = train.run(config.replace(epochs=2), datasets_override=tiny,
+                        code_override=new)
+  record = resumed['provenance']
+  assert [(s['code_version'], s['first_step'], s['last_step'])
+          for s in record['segments']] == [('aaaaaaaa', 0, 2),
+                                           ('bbbbbbbb+dirty.cccccccc', 2, 4)]
+  assert record['code_version'] == 'bbbbbbbb+dirty.cccccccc'
+  assert record['end_time'] >= record['start_time']
+  assert record['dataset']['train_split'] == 'train'
+  warnings = [m for m in caplog.messages if m.startswith('Resuming a run at step 2')]
+  assert len(warnings) == 1 and 'code aaaaaaaa -> bbbbbbbb+dirty.cccccccc' in warnings[0]
+  with open(os.path.join(config.model_dir, 'results.json')) as f:
+    assert json.load(f)['provenance'] == record
+  with open(os.path.join(config.model_dir, 'config.json')) as f:
+    written = json.load(f)
+  assert written['provenance']['segments'][-1]['last_step'] is None  # Still training then.
+  # What scripts/evaluate, predict and export rebuild from config.json.
+  assert inference.read_config(config.model_dir) == config.replace(epochs=2)

@@ -1,4 +1,5 @@
 """Reliability of train.run: determinism, exact resume, NaN guard, disk full."""
+import contextlib
 import os
 import subprocess
 
@@ -25,6 +26,7 @@ def _checkpoint_dir(config):
   return os.path.join(config.model_dir, 'checkpoints')
 
 
+@pytest.mark.slow
 def test_two_deterministic_runs_end_with_identical_weights(tmp_path, splits):
   first = train.run(_config(tmp_path, 'a'), datasets_override=splits)
   second = train.run(_config(tmp_path, 'b'), datasets_override=splits)
@@ -37,6 +39,7 @@ def test_two_deterministic_runs_end_with_identical_weights(tmp_path, splits):
     (5, {}), (16, {}), (21, {}),  # Mid-epoch, epoch end, mid-epoch 2.
     (5, {'augment': True, 'augment_elastic_alpha': 34.0}),  # Its draws derive from the step.
 ])
+@pytest.mark.slow
 def test_resume_from_any_checkpoint_ends_bit_identical(tmp_path, splits, resume_step, changes):
   """Rewinds a finished run to an earlier checkpoint, as a crash would leave it."""
   config = _config(tmp_path, checkpoint_every_steps=1, checkpoints_to_keep=100, **changes)
@@ -60,6 +63,7 @@ def _splits_with_nan(num_nan=1):
                      num_eval=clean.num_eval, num_classes=10, image_shape=(28, 28, 1))
 
 
+@pytest.mark.slow
 def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, splits):
   config = _config(tmp_path, epochs=1)
   train.run(config, datasets_override=splits)  # One clean epoch: ckpt-16.
@@ -77,6 +81,17 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, sp
   assert resumed['global_step'] == 32 and np.isfinite(resumed['test_loss'])
 
 
+@pytest.mark.slow  # Trains (tiny, but several seconds of tracing).
+def test_nan_before_any_checkpoint_says_there_is_none(tmp_path):
+  config = _config(tmp_path, epochs=1, deterministic=False, epoch_summaries=False)
+  with pytest.raises(errors.TrainingDivergedError) as e:
+    train.run(config, datasets_override=_splits_with_nan(num_nan=512))
+  message = str(e.value)
+  assert 'NaN or Inf at step 1 ' in message
+  assert 'No checkpoint was written before it' in message and 'None' not in message
+
+
+@pytest.mark.slow
 def test_skip_step_drops_nonfinite_updates_and_counts_them(tmp_path):
   config = _config(tmp_path, epochs=1, nan_policy='skip_step')
   results = train.run(config, datasets_override=_splits_with_nan(num_nan=3))
@@ -89,12 +104,10 @@ def test_skip_step_drops_nonfinite_updates_and_counts_them(tmp_path):
   assert 1 <= skipped <= 3  # Three NaN images fall into at most three batches.
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-  """A 4 MiB tmpfs: room for one checkpoint of the seed CNN with Adam (~2.7 MB), not two."""
-  mount_point = tmp_path / 'small_disk'
+@contextlib.contextmanager
+def _tmpfs(mount_point, size: str):
   mount_point.mkdir()
-  subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(mount_point)],
+  subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(mount_point)],
                  check=True)
   try:
     yield mount_point
@@ -103,6 +116,25 @@ def small_disk(tmp_path):
     subprocess.run(['umount', '--lazy', str(mount_point)], check=True)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 4 MiB tmpfs: room for one checkpoint of the seed CNN with Adam (~2.7 MB), not two."""
+  with _tmpfs(tmp_path / 'small_disk', '4m') as mount_point:
+    yield mount_point
+
+
+@pytest.mark.slow
+def test_disk_full_at_the_first_checkpoint_says_there_is_none(tmp_path, splits):
+  with _tmpfs(tmp_path / 'tiny_disk', '1m') as mount_point:  # Not one checkpoint fits.
+    config = config_lib.TrainConfig(model_dir=str(mount_point / 'run'), epochs=1,
+                                    batch_size=32, log_every_steps=16)
+    with pytest.raises(errors.CheckpointError) as e:
+      train.run(config, datasets_override=splits)
+  assert 'disk full?' in str(e.value) and 'There is no earlier checkpoint' in str(e.value)
+  assert 'None' not in str(e.value)
+
+
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(small_disk, splits):
   config = config_lib.TrainConfig(model_dir=str(small_disk / 'run'), epochs=2,
                                   batch_size=32, log_every_steps=16,

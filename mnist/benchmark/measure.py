@@ -15,6 +15,7 @@ from mnist import data
 from mnist import distribute
 from mnist import errors
 from mnist import hardware
+from mnist import provenance
 from mnist import runtime
 from mnist import train
 from mnist.benchmark import ceiling
@@ -33,6 +34,7 @@ def run(config: benchmark_config.BenchmarkConfig,
 
   Tests pass `datasets_override` and `strategy_override`, as they do to train.run.
   """
+  start_utc = provenance.utc_now()
   # --mixed_precision=auto made concrete, as training does: the header, JSON and
   # ceiling hold the policy that ran.
   config = config.replace(train=hardware.resolve_auto(config.validate().train))
@@ -50,7 +52,11 @@ def run(config: benchmark_config.BenchmarkConfig,
                              f'examples, fewer than one --batch_size={tc.batch_size}.')
   measure = _measure_keras_fit if config.role == 'keras_fit' else _measure_ours
   settings, limit, seconds = measure(config, strategy, splits, steps_per_epoch)
-  return benchmark_report.report(config, settings, limit, seconds, steps_per_epoch)
+  result = benchmark_report.report(config, settings, limit, seconds, steps_per_epoch)
+  # What made the figures: code version, packages, oneDNN, command, data (mnist/provenance.py).
+  result['provenance'] = provenance.finish(provenance.record(
+      tc, splits.dataset_version, start_time=start_utc))
+  return result
 
 
 def machine_limit(model, config, strategy, passes=1) -> dict:

@@ -3,6 +3,7 @@ not finished, then report (printed, report.md/.csv/.json, report.png)."""
 import os
 
 from mnist import errors
+from mnist import provenance
 from mnist.sweep import hparams
 from mnist.sweep import plot
 from mnist.sweep import report as report_lib
@@ -23,14 +24,19 @@ def jobs(sweep: spec_lib.Sweep, sweep_dir: str) -> list:
           for run in sweep.runs()]
 
 
-def run(sweep: spec_lib.Sweep, sweep_dir: str, parallel: int = 1, log=print) -> dict:
-  """Runs the sweep to its end (or SIGINT/SIGTERM: PreemptedError) and reports."""
-  spec_lib.check_sweep_dir(sweep, sweep_dir)  # Refuses a folder holding another sweep.
+def run(sweep: spec_lib.Sweep, sweep_dir: str, parallel: int = 1, log=print,
+        allow_code_change: bool = False, code=None, run_jobs=runner.run_jobs) -> dict:
+  """Runs the sweep to its end (or SIGINT/SIGTERM: PreemptedError) and reports.
+  A rerun under other code is refused unless allow_code_change (spec.check_sweep_dir);
+  `code`: a provenance.Code (default this checkout's)."""
+  code = code or provenance.code_state()
+  # Refuses a folder holding another sweep, or this one under other code.
+  sweep_record = spec_lib.check_sweep_dir(sweep, sweep_dir, code, allow_code_change)
   hparams.write_experiment(sweep, sweep_dir)
   all_jobs = jobs(sweep, sweep_dir)
   log(f'sweep: {len(sweep.variants)} variant(s) x {len(sweep.seeds)} seed(s) = '
       f'{len(all_jobs)} runs, {parallel} at a time, in {sweep_dir}; baseline '
-      f'{sweep.baseline}, metric {sweep.metric}', flush=True)
+      f'{sweep.baseline}, metric {sweep.metric}; code {code.version}', flush=True)
 
   def on_done(outcome: runner.Outcome):
     if outcome.skipped:
@@ -46,8 +52,9 @@ def run(sweep: spec_lib.Sweep, sweep_dir: str, parallel: int = 1, log=print) -> 
       log(f'{outcome.job.name}: FAILED (exit {outcome.returncode}); log: '
           f'{outcome.job.log_path}', flush=True)
 
-  outcomes = runner.run_jobs(all_jobs, parallel, on_done)
-  report = report_lib.build(sweep, outcomes)
+  # runner.run_jobs, or slurm.run_jobs (--launcher=slurm): the same Outcomes.
+  outcomes = run_jobs(all_jobs, parallel, on_done)
+  report = report_lib.build(sweep, outcomes, sweep_record)
   paths = report_lib.write(report, sweep_dir)
   paths['png'] = plot.draw(report, os.path.join(sweep_dir, 'report.png'))
   log(report_lib.markdown(report), flush=True)

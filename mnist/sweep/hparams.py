@@ -21,7 +21,8 @@ def write_experiment(sweep: spec_lib.Sweep, sweep_dir: str) -> bool:
   """Writes the experiment once (False if sweep_dir already has one)."""
   if glob.glob(os.path.join(sweep_dir, 'events.out.tfevents.*')):
     return False
-  hparams = [hp.HParam(name) for name in (*sweep.varied_fields(), 'seed')]
+  # code_version: each run's own (mnist/summaries.py), so mixed code shows in the table.
+  hparams = [hp.HParam(name) for name in (*sweep.varied_fields(), 'seed', 'code_version')]
   # The scalars scripts/train.py writes into each run's own folder when it finishes.
   names = [name for name in spec_lib.METRICS
            if sweep.with_validation or not name.startswith('validation_')]

@@ -1,22 +1,27 @@
 """The sweep's report: per variant the metric's mean, standard error and 95% interval,
 training time and speed; against the baseline the paired difference over the same
-seeds, its interval, p-value and a verdict. Written as Markdown, CSV and JSON.
+seeds, its interval, p-value and a verdict; the code versions and packages of the runs
+(from each results.json's provenance record), saying so when they span several versions.
+Written as Markdown, CSV and JSON.
 """
 import csv
 import json
 import os
 import statistics as py_statistics
+from typing import Optional
 
 from mnist.sweep import spec as spec_lib
 from mnist.sweep import statistics
 
 COLUMNS = ('variant', 'flags', 'seeds', 'mean', 'stderr', 'ci_low', 'ci_high',
            'train_seconds', 'images_per_sec', 'difference', 'difference_ci_low',
-           'difference_ci_high', 'p_value', 'verdict', 'seeds_needed')
+           'difference_ci_high', 'p_value', 'verdict', 'seeds_needed', 'code', 'packages')
+UNKNOWN = 'unknown'  # A run whose results.json holds no provenance record (older code).
 
 
-def build(sweep: spec_lib.Sweep, outcomes) -> dict:
-  """Everything the report says, from the finished runs among `outcomes`."""
+def build(sweep: spec_lib.Sweep, outcomes, sweep_record: Optional[dict] = None) -> dict:
+  """Everything the report says, from the finished runs among `outcomes`;
+  `sweep_record`: sweep.json's (the code the sweep started with, changes allowed since)."""
   values = {v.name: {} for v in sweep.variants}  # name -> {seed: results}
   failed = []
   for outcome in outcomes:
@@ -39,10 +44,52 @@ def build(sweep: spec_lib.Sweep, outcomes) -> dict:
       row.update(_compare(sweep, [runs[s][sweep.metric] for s in common],
                           [baseline[s][sweep.metric] for s in common]))
     row['per_seed'] = {str(s): runs[s][sweep.metric] for s in sorted(runs)}
+    row['code_versions'] = {str(s): _code_version(runs[s]) for s in sorted(runs)}
+    row['code'] = _by_value(row['code_versions'], 'seed')
+    row['packages'] = _by_value({str(s): _packages_text(runs[s]) for s in sorted(runs)},
+                                'seed')
     rows.append(row)
+  finished = {f'{variant}/seed{seed}': results for variant, runs in values.items()
+              for seed, results in runs.items()}
+  code_versions, packages = {}, []
+  for name, results in finished.items():
+    code_versions.setdefault(_code_version(results), []).append(name)
+    versions = (results.get('provenance') or {}).get('packages')
+    entry = next((p for p in packages if p['versions'] == versions), None)
+    if entry is None:
+      packages.append(entry := {'versions': versions, 'runs': []})
+    entry['runs'].append(name)
+  started = (sweep_record or {}).get('provenance', {}).get('code_version')
   return {'metric': sweep.metric, 'higher_is_better': sweep.higher_is_better,
           'baseline': sweep.baseline, 'seeds': list(sweep.seeds),
-          'base_flags': list(sweep.base_flags), 'rows': rows, 'failed': failed}
+          'base_flags': list(sweep.base_flags), 'rows': rows, 'failed': failed,
+          'code_versions': code_versions, 'packages': packages,
+          'spans_code_versions': len(code_versions) > 1 or len(packages) > 1,
+          'sweep_code_version': started,
+          'code_changes_allowed': [c['code_version'] for c in
+                                   (sweep_record or {}).get('code_changes', [])]}
+
+
+def _code_version(results: dict) -> str:
+  return (results.get('provenance') or {}).get('code_version') or UNKNOWN
+
+
+def _packages_text(results: dict) -> str:
+  versions = (results.get('provenance') or {}).get('packages')
+  if not versions:
+    return UNKNOWN
+  return ', '.join(f'{name} {version}' for name, version in versions.items())
+
+
+def _by_value(per_key: dict, key_name: str) -> str:
+  """'A' when every key has the same value, else 'A (seeds 0, 2); B (seed 1)'."""
+  groups = {}
+  for key, value in per_key.items():
+    groups.setdefault(value, []).append(key)
+  if len(groups) <= 1:
+    return next(iter(groups), '')
+  return '; '.join(f'{value} ({key_name}{"s" if len(keys) > 1 else ""} {", ".join(keys)})'
+                   for value, keys in groups.items())
 
 
 def _describe(metric, runs: dict) -> dict:
@@ -83,9 +130,11 @@ def markdown(report: dict) -> str:
            f'Base flags: `{" ".join(report["base_flags"]) or "(none)"}`; seeds '
            f'{", ".join(map(str, report["seeds"]))}. Intervals are 95% t-intervals over '
            'seeds; differences are paired by seed (paired t-test).', '',
+           *_provenance_lines(report), '',
            '| variant | seeds | mean | ± stderr | 95% CI | train s | images/s | '
-           'difference | 95% CI | p | verdict | seeds needed |',
-           '| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | --- | ---: |']
+           'difference | 95% CI | p | verdict | seeds needed | code |',
+           '| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | --- | ---: '
+           '| --- |']
   for row in report['rows']:
     ci = (f'[{_text(row["ci_low"])}, {_text(row["ci_high"])}]'
           if row.get('ci_low') is not None else '')
@@ -96,11 +145,40 @@ def markdown(report: dict) -> str:
         f'| {row["variant"]} | {row["seeds"]} | {_text(row.get("mean"))} | '
         f'{_text(row.get("stderr"))} | {ci} | {_text(row.get("train_seconds"), 1)} | '
         f'{_text(row.get("images_per_sec"), 0)} | {_text(row.get("difference"))} | {dci} | '
-        f'{_text(row.get("p_value"), 3)} | {verdict} | {_text(row.get("seeds_needed"))} |')
+        f'{_text(row.get("p_value"), 3)} | {verdict} | {_text(row.get("seeds_needed"))} | '
+        f'{row.get("code", "")} |')
   for failure in report['failed']:
     lines.append(f'\nFailed: {failure["run"]} (exit {failure["returncode"]}); log: '
                  f'{failure["log"]}')
   return '\n'.join(lines) + '\n'
+
+
+def _provenance_lines(report: dict) -> list:
+  """What code and packages the numbers come from; a warning when they are mixed."""
+  code_versions = report.get('code_versions', {})
+  packages = report.get('packages', [])
+  lines = []  # Paragraphs, then a list: Markdown needs the blank lines between them.
+  if report.get('spans_code_versions'):
+    lines += ['**The comparison spans several code or package versions**: differences '
+              'between runs may come from the code, not only from the variants.', '']
+  started = report.get('sweep_code_version')
+  allowed = report.get('code_changes_allowed')
+  if started:
+    lines += [f'The sweep started under code `{started}`' + (
+        f'; changes allowed since (--allow_code_change): '
+        f'{", ".join(f"`{v}`" for v in allowed)}.' if allowed else '.'), '']
+  for version, runs in code_versions.items():
+    lines.append(f'- code `{version}`: {_runs_text(runs, code_versions)}')
+  for entry in packages:
+    versions = entry['versions']
+    text = (', '.join(f'{name} {version}' for name, version in versions.items())
+            if versions else UNKNOWN)
+    lines.append(f'- packages {text}: {_runs_text(entry["runs"], packages)}')
+  return lines
+
+
+def _runs_text(runs: list, groups) -> str:
+  return 'every run' if len(groups) == 1 else ', '.join(runs)
 
 
 def write(report: dict, sweep_dir: str) -> dict:

@@ -75,6 +75,8 @@ def thread_flags(cpus: Optional[Sequence[int]]) -> list:
 
 def command(job: Job, cpus: Optional[Sequence[int]] = None,
             script: str = launch.TRAIN_SCRIPT) -> list:
+  """A run's command line, for every launcher: pinned to `cpus` here, unpinned (None)
+  under Slurm, which allocates the CPUs itself."""
   # Thread flags first, so a user's own --intra_op_threads in the job's flags wins.
   return [sys.executable, script, *thread_flags(cpus), *job.train_flags,
           f'--model_dir={job.model_dir}']
@@ -86,30 +88,25 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 1,
   """Runs every unfinished job, `parallel` at a time; returns an Outcome per job, in
   order. A failed job does not stop the others. SIGINT/SIGTERM: PreemptedError.
   Tests pass another `script` that takes scripts/train.py's flags."""
-  outcomes = {}
-  for job in jobs:
-    results = read_results(job.model_dir)
-    if results is not None:
-      outcomes[job] = Outcome(job, 0, results, None)
-      on_done(outcomes[job])
+  outcomes = finished_earlier(jobs, on_done)
   pending = [job for job in jobs if job not in outcomes]
   free = cpu_slots(parallel, cpus)
   running = {}  # Popen -> (job, slot, start time)
-  stop = _StopRequest()
+  stop = StopRequest()
   try:
     with stop:
       while (pending and not stop.requested) or running:
         while pending and free and not stop.requested:
           job, slot = pending.pop(0), free.pop(0)
-          running[_start(command(job, slot, script), job.log_path, slot)] = (
+          running[start(command(job, slot, script), job.log_path, slot)] = (
               job, slot, time.monotonic())
         if stop.requested:
           stop.forward([p for p in running if p.poll() is None])
         for process in [p for p in running if p.poll() is not None]:
-          job, slot, start = running.pop(process)
+          job, slot, started_at = running.pop(process)
           free.append(slot)
           outcomes[job] = Outcome(job, process.returncode, read_results(job.model_dir),
-                                  time.monotonic() - start, stop.signalled(process))
+                                  time.monotonic() - started_at, stop.signalled(process))
           on_done(outcomes[job])
         time.sleep(_POLL_SECONDS)
   finally:  # An error in on_done (or the runner) leaves no training behind.
@@ -118,17 +115,35 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 1,
         process.kill()
         process.wait()
   if stop.requested:
-    unfinished = [job.name for job in jobs
-                  if job not in outcomes or outcomes[job].results is None]
-    raise errors.PreemptedError(
-        f'Received {stop.requested}: stopped {len(unfinished)} unfinished run(s) '
-        f'({", ".join(unfinished)}); their checkpoints are kept. Rerun the same command '
-        'to resume them; finished runs are not repeated.')
+    raise preempted_error(stop.requested, jobs, outcomes)
   return [outcomes[job] for job in jobs]
 
 
-def _start(argv: Sequence[str], log_path: str,
-           cpus: Optional[Sequence[int]]) -> subprocess.Popen:
+def finished_earlier(jobs: Sequence[Job], on_done: Callable[[Outcome], None]) -> dict:
+  """{job: its skipped Outcome} for the jobs whose model_dir holds results.json."""
+  outcomes = {}
+  for job in jobs:
+    results = read_results(job.model_dir)
+    if results is not None:
+      outcomes[job] = Outcome(job, 0, results, None)
+      on_done(outcomes[job])
+  return outcomes
+
+
+def preempted_error(signal_name: str, jobs: Sequence[Job],
+                    outcomes: dict) -> errors.PreemptedError:
+  unfinished = [job.name for job in jobs
+                if job not in outcomes or outcomes[job].results is None]
+  return errors.PreemptedError(
+      f'Received {signal_name}: stopped {len(unfinished)} unfinished run(s) '
+      f'({", ".join(unfinished)}); their checkpoints are kept. Rerun the same command '
+      'to resume them; finished runs are not repeated.')
+
+
+def start(argv: Sequence[str], log_path: str,
+          cpus: Optional[Sequence[int]] = None) -> subprocess.Popen:
+  """Starts a run in its own session, its output appended to log_path after its
+  command line."""
   os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
   with open(log_path, 'a') as log:  # A resumed run's log continues the first's.
     log.write(f'$ {shlex.join(argv)}\n')
@@ -146,7 +161,7 @@ def _start(argv: Sequence[str], log_path: str,
                             start_new_session=True)
 
 
-class _StopRequest:
+class StopRequest:
   """SIGINT/SIGTERM to the sweep: start no more runs, SIGTERM the running ones once."""
 
   def __init__(self):

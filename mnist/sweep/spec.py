@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 from mnist import cli
 from mnist import config as config_lib
 from mnist import errors
+from mnist import provenance
 
 SPEC_FILE = 'sweep.json'
 # results.json keys a sweep can compare on; lower is better for those ending so.
@@ -171,15 +172,24 @@ def _with_validation(configs: dict) -> bool:
   return all(c.validation_split for c in configs.values())
 
 
-def check_sweep_dir(sweep: Sweep, sweep_dir: str):
-  """Records the sweep in SWEEP_DIR/sweep.json, or refuses a folder that holds another.
+def check_sweep_dir(sweep: Sweep, sweep_dir: str,
+                    code: Optional[provenance.Code] = None,
+                    allow_code_change: bool = False) -> dict:
+  """Records the sweep in SWEEP_DIR/sweep.json, or refuses a folder that holds another;
+  returns the sweep.json record.
 
   The same variants with more seeds, another baseline or metric are the same sweep.
+  It records the code version (`code`, default this checkout's) and packages it
+  started with; a rerun under other code (another commit, other uncommitted changes)
+  is refused unless allow_code_change, which records the change in sweep.json.
   """
   path = os.path.join(sweep_dir, SPEC_FILE)
+  code = code or provenance.code_state()
+  now = {'code_version': code.version, 'code': code.as_dict(),
+         'packages': provenance.package_versions(), 'time': provenance.utc_now()}
   record = {'base_flags': list(sweep.base_flags),
             'variants': {v.name: list(v.flags) for v in sweep.variants},
-            'configs': sweep.identity()}
+            'configs': sweep.identity(), 'provenance': now}
   if os.path.exists(path):
     with open(path) as f:
       existing = json.load(f)
@@ -189,12 +199,45 @@ def check_sweep_dir(sweep: Sweep, sweep_dir: str):
           f'variants or flags: {" ".join(existing.get("base_flags", []))} with '
           f'{", ".join(existing.get("variants", {}))}). Use a new --sweep_dir, or the '
           'same variants and flags to resume it.')
-    return
+    versions = [existing.get('provenance', {}).get('code_version')] + [
+        change['code_version'] for change in existing.get('code_changes', [])]
+    if code.version in versions:
+      return existing
+    if not allow_code_change:
+      raise errors.ConfigError(_code_change_refusal(sweep_dir, versions, code))
+    existing.setdefault('code_changes', []).append(now)
+    _write_json(path, existing)
+    return existing
   if os.path.isdir(sweep_dir) and os.listdir(sweep_dir):
     raise errors.ConfigError(f'--sweep_dir={sweep_dir} is not empty and holds no '
                              f'{SPEC_FILE}: use a new or empty folder.')
   os.makedirs(sweep_dir, exist_ok=True)
+  _write_json(path, record)
+  return record
+
+
+def _code_change_refusal(sweep_dir: str, versions: list, code: provenance.Code) -> str:
+  started = versions[0] or f'code its {SPEC_FILE} does not record (an older sweep)'
+  later = (f' (later allowed: {", ".join(versions[1:])})' if versions[1:] else '')
+  return (f'--sweep_dir={sweep_dir} was started under code {started}{later}, and this '
+          f'checkout is {code.version} ({_describe(code)}): resuming would mix code '
+          'versions, so its comparisons would no longer be of the variants alone. Nothing '
+          f'was run. Go back to {started} to resume it (commit or undo the change), use a '
+          'new --sweep_dir, or pass --allow_code_change to continue anyway; the report '
+          "then names each run's code version.")
+
+
+def _describe(code: provenance.Code) -> str:
+  if code.commit is None:
+    return code.source
+  if code.dirty:
+    return (f'commit {code.commit[:12]} with uncommitted changes, diff sha256 '
+            f'{code.diff_sha256[:12]}')
+  return f'commit {code.commit[:12]}, no uncommitted changes'
+
+
+def _write_json(path: str, value: dict):
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(record, f, indent=2)
+    json.dump(value, f, indent=2)
   os.replace(tmp, path)
