@@ -32,16 +32,15 @@ SlurmctldHost={node}(127.0.0.1)
 SlurmUser={user}
 SlurmdUser=root
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 AuthType=auth/munge
 AuthInfo=socket={root}/munge/munge.socket
 CredType=cred/munge
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 PlugStackConfig={root}/plugstack.conf
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -55,7 +54,7 @@ ReturnToService=2
 SchedulerParameters=sched_interval=1
 KillWait=30
 MinJobAge=600
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+{node_lines}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 '''
 
@@ -132,16 +131,21 @@ def _write(path: str, text, mode: int = 0o644) -> None:
     f.write(text.encode() if isinstance(text, str) else text)
 
 
-def start(root: str, cpus: Optional[int] = None) -> Cluster:
-  """Starts the cluster in `root` and waits until its node is idle."""
-  for folder in ('munge', 'state', 'spool'):
+def start(root: str, cpus: Optional[int] = None, nodes: tuple = (NODE,)) -> Cluster:
+  """Starts the cluster in `root` and waits until its nodes are idle. Several `nodes`
+  are slurmd processes on this host, each on its own port: srun then writes the
+  formats of a real multi-node step (SLURM_STEP_NODELIST=n[1-2], tasks per node 1(x2)),
+  though only NODE resolves to this host."""
+  for folder in ('munge', 'state', *(os.path.join('spool', node) for node in nodes)):
     os.makedirs(os.path.join(root, folder), exist_ok=True)
   os.chmod(os.path.join(root, 'munge'), 0o755)  # munged requires it of its socket's folder.
-  ctld_port, slurmd_port = _free_ports(2)
+  ctld_port, *slurmd_ports = _free_ports(1 + len(nodes))
   conf = os.path.join(root, 'slurm.conf')
+  node_lines = '\n'.join(
+      f'NodeName={node} NodeAddr=127.0.0.1 Port={port} CPUs={cpus or os.cpu_count()} '
+      'State=UNKNOWN' for node, port in zip(nodes, slurmd_ports))
   _write(conf, _CONF.format(root=root, node=NODE, user=getpass.getuser(),
-                            ctld_port=ctld_port, slurmd_port=slurmd_port,
-                            cpus=cpus or os.cpu_count()))
+                            ctld_port=ctld_port, node_lines=node_lines))
   _write(os.path.join(root, 'plugstack.conf'), '')
   munge = os.path.join(root, 'munge')
   _write(os.path.join(munge, 'munge.key'), os.urandom(1024), 0o400)
@@ -155,7 +159,7 @@ def start(root: str, cpus: Optional[int] = None) -> Cluster:
                  f'--key-file={munge}/munge.key', f'--pid-file={munge}/munged.pid',
                  f'--log-file={munge}/munged.log', f'--seed-file={munge}/munged.seed'],
       'slurmctld': ['slurmctld', '-D', '-f', conf],
-      'slurmd': ['slurmd', '-D', '-N', NODE, '-f', conf],
+      **{f'slurmd-{node}': ['slurmd', '-D', '-N', node, '-f', conf] for node in nodes},
   }
   try:
     for name, argv in commands.items():
@@ -184,7 +188,8 @@ def _wait_for(ready, cluster: Cluster, what: str) -> None:
               for name in cluster.pids}
       raise RuntimeError(f'Private Slurm: no {what} after {_START_SECONDS} s '
                          f'(exited: {dead}); output: {logs}; slurmctld.log: '
-                         f'{cluster.log()[-3000:]}; slurmd.log: {cluster.log("slurmd")[-3000:]}')
+                         f'{cluster.log()[-3000:]}; slurmd logs: '
+                         f'{[cluster.log(n)[-2000:] for n in cluster.pids if "slurmd-" in n]}')
     time.sleep(0.1)
 
 
@@ -201,9 +206,8 @@ def stop(cluster: Cluster) -> None:
       process.wait()
 
 
-@pytest.fixture(scope='session')
-def slurm_cluster(tmp_path_factory):
-  """A running private Slurm cluster (a Cluster), shared by the session's tests."""
+def require_slurm():
+  """Skips the calling test without Slurm's binaries (fails it with $MNIST_REQUIRE_SLURM)."""
   missing = missing_binaries()
   if missing:
     reason = (f'Slurm is not installed (missing {", ".join(missing)}); on Debian: '
@@ -211,6 +215,12 @@ def slurm_cluster(tmp_path_factory):
     if os.environ.get(REQUIRE_ENV):
       pytest.fail(f'{REQUIRE_ENV} is set but {reason}')
     pytest.skip(reason)
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster(tmp_path_factory):
+  """A running private Slurm cluster (a Cluster), shared by the session's tests."""
+  require_slurm()
   cluster = start(str(tmp_path_factory.mktemp('slurm')))
   try:
     yield cluster

@@ -15,6 +15,7 @@ from mnist import errors
 from mnist import slurm_cluster
 
 from conftest import REPO
+import private_slurm
 
 # What srun sets in task 1 of `srun -N2 --ntasks-per-node=1` (job 123, step 0).
 TWO_NODES = {'SLURM_JOB_ID': '123', 'SLURM_STEP_ID': '0', 'SLURM_PROCID': '1',
@@ -243,3 +244,52 @@ def test_train_script_refuses_contradicting_slurm_variables_before_loading_tenso
           'adds up to 3 tasks, not SLURM_STEP_NUM_TASKS=2') in result.stderr
   assert "SLURM_STEP_TASKS_PER_NODE='2,1'" in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+# Run by srun in every task of a real step, with TensorFlow poisoned: srun's own variables
+# and the cluster each task resolves from them.
+_RESOLVE = ('import json, os\n'
+            'from mnist import cluster\n'
+            'task = cluster.resolve(os.environ).task\n'
+            'print(json.dumps({"rank": int(os.environ["SLURM_PROCID"]),\n'
+            '                  "nodelist": os.environ["SLURM_STEP_NODELIST"],\n'
+            '                  "tasks_per_node": os.environ["SLURM_STEP_TASKS_PER_NODE"],\n'
+            '                  "node": os.environ["SLURMD_NODENAME"],\n'
+            '                  "workers": task.cluster["worker"], "index": task.task_index,\n'
+            '                  "address": task.address, "chief": task.is_chief}))\n')
+
+
+@pytest.fixture(scope='module')
+def two_node_slurm(tmp_path_factory):
+  """A private Slurm with two slurmd on this host (nodes n1, n2): real multi-node formats."""
+  private_slurm.require_slurm()
+  slurm = private_slurm.start(str(tmp_path_factory.mktemp('slurm2')), nodes=('n1', 'n2'))
+  try:
+    yield slurm
+  finally:
+    private_slurm.stop(slurm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('srun_flags, nodelist, tasks_per_node, hosts', [
+    (['-N2', '--ntasks-per-node=1'], 'n[1-2]', '1(x2)', ['n1', 'n2']),
+    (['-N2', '-n3'], 'n[1-2]', '2,1', ['n1', 'n1', 'n2']),
+])
+def test_real_srun_steps_over_two_nodes_resolve_one_cluster(two_node_slurm, srun_flags,
+                                                            nodelist, tasks_per_node, hosts):
+  env = {**two_node_slurm.env,
+         'PYTHONPATH': os.path.join(REPO, 'tests', 'poison_tensorflow') + os.pathsep + REPO}
+  result = two_node_slurm.run('srun', *srun_flags, sys.executable, '-c', _RESOLVE, env=env,
+                              timeout=120)
+  tasks = sorted((json.loads(line) for line in result.stdout.splitlines()),
+                 key=lambda task: task['rank'])
+  assert [task['rank'] for task in tasks] == list(range(len(hosts)))
+  workers = tasks[0]['workers']
+  assert [address.rsplit(':', 1)[0] for address in workers] == hosts
+  assert len(set(workers)) == len(hosts)
+  for task in tasks:
+    assert (task['nodelist'], task['tasks_per_node']) == (nodelist, tasks_per_node)
+    assert task['workers'] == workers  # Every task resolved the same cluster...
+    assert task['address'] == workers[task['rank']]  # ...and its own place in it,
+    assert task['address'].startswith(task['node'] + ':')  # on the node it ran on.
+    assert task['chief'] == (task['rank'] == 0)
