@@ -150,8 +150,9 @@ def start(root: str, cpus: Optional[int] = None, nodes: tuple = (NODE,)) -> Clus
   munge = os.path.join(root, 'munge')
   _write(os.path.join(munge, 'munge.key'), os.urandom(1024), 0o400)
   env = {**os.environ, 'SLURM_CONF': conf}
-  for name in list(env):  # Not inside another job's allocation.
-    if name.startswith(('SLURM_', 'SBATCH_', 'SRUN_', 'SQUEUE_')) and name != 'SLURM_CONF':
+  for name in list(env):  # Not inside another job's allocation, nor another cluster.
+    if (name.startswith(('SLURM_', 'SBATCH_', 'SRUN_', 'SQUEUE_')) and name != 'SLURM_CONF'
+        or name == 'TF_CONFIG'):
       del env[name]
   cluster = Cluster(root, env, {})
   commands = {

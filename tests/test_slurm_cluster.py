@@ -146,8 +146,13 @@ def test_cuda_visible_devices_is_described_and_left_as_slurm_set_it(gpu_env, sho
   env = {**TWO_NODES, **gpu_env}
   assert shown in cluster.resolve(dict(env)).description
   # The script edge, on the real environment: TF_CONFIG set, the GPU variables untouched.
+  # Set, then unset, through monkeypatch: it then restores TF_CONFIG's absence at
+  # teardown, so the one set_up_cluster writes does not reach later tests (delenv alone
+  # records nothing for an absent variable).
+  monkeypatch.setenv(cluster.TF_CONFIG_ENV, '')
+  monkeypatch.delenv(cluster.TF_CONFIG_ENV)
   for name in list(os.environ):
-    if name.startswith(('SLURM_', 'CUDA_')) or name == cluster.TF_CONFIG_ENV:
+    if name.startswith(('SLURM_', 'CUDA_')):
       monkeypatch.delenv(name)
   for name, value in env.items():
     monkeypatch.setenv(name, value)
