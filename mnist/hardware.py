@@ -226,14 +226,16 @@ def tf_enables_onednn(cpu_profile: Cpu) -> bool:
 
 
 def onednn_enabled(environ: Mapping[str, str] = os.environ,
-                   cpuinfo: Optional[str] = None) -> bool:
+                   cpuinfo: Optional[str] = None,
+                   cpu_profile: Optional[Cpu] = None) -> bool:
   """Whether TensorFlow runs oneDNN in a process with this environment: as
   TF_ENABLE_ONEDNN_OPTS says if set (TensorFlow reads 1/true, 0/false), else its own
-  default, which reads CPUID and not $ONEDNN_MAX_CPU_ISA."""
+  default, which reads CPUID and not $ONEDNN_MAX_CPU_ISA (`cpu_profile`, uncapped;
+  default this CPU's, or `cpuinfo`'s)."""
   value = environ.get(ONEDNN_ENV, '').strip().lower()
   if value in ('1', 'true', '0', 'false'):
     return value in ('1', 'true')
-  return tf_enables_onednn(cpu(cpuinfo, environ={}))
+  return tf_enables_onednn(cpu_profile or cpu(cpuinfo, environ={}))
 
 
 def bfloat16_problem(precision: str, environ: Mapping[str, str] = os.environ,

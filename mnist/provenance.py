@@ -10,7 +10,6 @@ installed package, no git, git too slow) it names the package version and says w
 import dataclasses
 import datetime
 import hashlib
-import json
 import os
 import platform
 import shlex
@@ -27,6 +26,8 @@ PACKAGES = ('tensorflow', 'keras', 'tensorflow-datasets', 'numpy')
 SLURM_VARIABLES = ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID',
                    'SLURM_RESTART_COUNT')
 PACKAGE_NAME = 'mnist'
+# The HParams column of a run's code version (a run's own and a sweep's experiment).
+CODE_VERSION_HPARAM = 'code_version'
 # The checkout holding the package: the folder above mnist/.
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIT_TIMEOUT_SECONDS = 5.0  # Each call takes a few ms; a hung one must not stop a run.
@@ -145,10 +146,6 @@ def package_versions(packages: Sequence[str] = PACKAGES) -> dict:
   return versions
 
 
-def packages_sha256(versions: Mapping[str, Optional[str]]) -> str:
-  return hashlib.sha256(json.dumps(dict(versions), sort_keys=True).encode()).hexdigest()
-
-
 # oneDNN's ISA names (as ONEDNN_MAX_CPU_ISA takes them), best first, with the CPU flag
 # (Linux /proc/cpuinfo) each needs.
 _ONEDNN_ISAS = (('AVX512_CORE_AMX', 'amx_tile'), ('AVX512_CORE_BF16', 'avx512_bf16'),
@@ -163,7 +160,7 @@ def onednn(environ: Mapping[str, str] = os.environ,
   $ONEDNN_MAX_CPU_ISA cap if set, else the best this CPU's flags allow. Read from the
   environment and /proc/cpuinfo, not asked of oneDNN: the text says so."""
   cpu_profile = cpu_profile or hardware.cpu(environ={})  # Uncapped: what the CPU has.
-  enabled = _enabled(environ, cpu_profile)
+  enabled = hardware.onednn_enabled(environ, cpu_profile=cpu_profile)
   value = environ.get(hardware.ONEDNN_ENV)
   decided_by = (f'{hardware.ONEDNN_ENV}={value}' if value is not None
                 else "TensorFlow's default for this CPU")
@@ -179,14 +176,6 @@ def onednn(environ: Mapping[str, str] = os.environ,
   else:
     isa = f'{best} (cpu flags; {hardware.ONEDNN_ISA_ENV} unset)'
   return {'enabled': enabled, 'decided_by': decided_by, 'isa': isa}
-
-
-def _enabled(environ, cpu_profile) -> bool:
-  """hardware.onednn_enabled for a given profile (TensorFlow's default reads CPUID)."""
-  value = environ.get(hardware.ONEDNN_ENV, '').strip().lower()
-  if value in ('1', 'true', '0', 'false'):
-    return value in ('1', 'true')
-  return hardware.tf_enables_onednn(cpu_profile)
 
 
 def utc_now() -> str:
@@ -259,17 +248,18 @@ def resume(current: dict, previous: Optional[dict], restored_step: int,
     changed = [f'code {before["code_version"]} -> {current["code_version"]}'
                ] if before['code_version'] != current['code_version'] else []
     if before['packages'] != current['packages']:
-      changed.append(f'packages {_describe_packages(before["packages"])} -> '
-                     f'{_describe_packages(current["packages"])}')
+      changed.append(f'packages {describe_packages(before["packages"])} -> '
+                     f'{describe_packages(current["packages"])}')
     if changed:
       warn(f'Resuming a run at step {restored_step} that was trained so far under other '
            f'code or packages: {"; ".join(changed)}. results.json lists each segment.')
   return {**current, 'segments': [*earlier, segment(current, restored_step)]}
 
 
-def _describe_packages(versions: Optional[Mapping]) -> str:
+def describe_packages(versions: Optional[Mapping], unknown: str = '(unknown)') -> str:
+  """'python 3.11.7, tensorflow 2.21.0, ...'; `unknown` for a record without them."""
   if not versions:
-    return '(unknown)'
+    return unknown
   return ', '.join(f'{name} {version}' for name, version in versions.items())
 
 

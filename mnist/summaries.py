@@ -32,8 +32,7 @@ CONFUSION_COUNTS_TAG = 'confusion_matrix_counts'
 CONFUSION_COUNTS_PLUGIN = 'mnist_confusion_counts'
 
 
-# The HParams column and Text tag of the run's provenance (mnist/provenance.py).
-CODE_VERSION_HPARAM = 'code_version'
+# The Text tag of the run's provenance (mnist/provenance.py).
 PROVENANCE_TAG = 'provenance'
 
 
@@ -89,7 +88,7 @@ class RunSummaries:
     values = {name: '' if value is None else value
               for name, value in dataclasses.asdict(config).items()}
     if code_version:  # Which code made the row: a sweep's runs can be told apart.
-      values[CODE_VERSION_HPARAM] = code_version
+      values[provenance.CODE_VERSION_HPARAM] = code_version
     # No hp.hparams_config: without one, TensorBoard infers each column's type,
     # range and whether it differs from all runs under --logdir, which a config
     # written by a single run of a sweep cannot know. Metrics are then every

@@ -91,7 +91,7 @@ def test_run_writes_its_config_as_hparams_and_the_test_metrics(trained):
   assert hparams['profile_steps'].string_value == '3,6'
   assert hparams['data_dir'].string_value == ''  # None is not an hparams value.
   assert set(hparams) == {*config_lib.TrainConfig.__dataclass_fields__,
-                          summaries.CODE_VERSION_HPARAM}
+                          provenance.CODE_VERSION_HPARAM}
   assert hparams['code_version'].string_value == '1a2b3c4d+dirty.5e6f7a8b'
   plugin, events = tensors[summaries.PROVENANCE_TAG]
   assert plugin == 'text' and [step for step, _ in events] == [0]

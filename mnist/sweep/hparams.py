@@ -14,6 +14,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer import record_writer
 
+from mnist import provenance
 from mnist.sweep import spec as spec_lib
 
 
@@ -22,7 +23,8 @@ def write_experiment(sweep: spec_lib.Sweep, sweep_dir: str) -> bool:
   if glob.glob(os.path.join(sweep_dir, 'events.out.tfevents.*')):
     return False
   # code_version: each run's own (mnist/summaries.py), so mixed code shows in the table.
-  hparams = [hp.HParam(name) for name in (*sweep.varied_fields(), 'seed', 'code_version')]
+  hparams = [hp.HParam(name) for name in (*sweep.varied_fields(), 'seed',
+                                           provenance.CODE_VERSION_HPARAM)]
   # The scalars scripts/train.py writes into each run's own folder when it finishes.
   names = [name for name in spec_lib.METRICS
            if sweep.with_validation or not name.startswith('validation_')]

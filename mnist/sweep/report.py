@@ -10,6 +10,7 @@ import os
 import statistics as py_statistics
 from typing import Optional
 
+from mnist import provenance
 from mnist.sweep import spec as spec_lib
 from mnist.sweep import statistics
 
@@ -75,10 +76,8 @@ def _code_version(results: dict) -> str:
 
 
 def _packages_text(results: dict) -> str:
-  versions = (results.get('provenance') or {}).get('packages')
-  if not versions:
-    return UNKNOWN
-  return ', '.join(f'{name} {version}' for name, version in versions.items())
+  return provenance.describe_packages((results.get('provenance') or {}).get('packages'),
+                                      UNKNOWN)
 
 
 def _by_value(per_key: dict, key_name: str) -> str:
@@ -170,10 +169,8 @@ def _provenance_lines(report: dict) -> list:
   for version, runs in code_versions.items():
     lines.append(f'- code `{version}`: {_runs_text(runs, code_versions)}')
   for entry in packages:
-    versions = entry['versions']
-    text = (', '.join(f'{name} {version}' for name, version in versions.items())
-            if versions else UNKNOWN)
-    lines.append(f'- packages {text}: {_runs_text(entry["runs"], packages)}')
+    lines.append(f'- packages {provenance.describe_packages(entry["versions"], UNKNOWN)}: '
+                 f'{_runs_text(entry["runs"], packages)}')
   return lines
 
 
