@@ -17,7 +17,7 @@ those states read and dropped.
 """
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -61,12 +61,16 @@ def newest_intact(directory: str) -> Tuple[Optional[str], Dict[str, str]]:
   return None, damaged
 
 
-def restore(checkpoint: tf.train.Checkpoint, directory: str) -> Optional[str]:
+def restore(checkpoint: tf.train.Checkpoint, directory: str,
+            optional: Sequence[str] = ()) -> Optional[str]:
   """Restores the newest intact checkpoint of `directory` into `checkpoint`, refusing
   a partial match; returns its path, or None if the directory holds no checkpoint.
 
-  Damaged checkpoints are named in a warning and left in place. CheckpointError if
-  every checkpoint is damaged, or if the one chosen does not match the model.
+  `optional`: children of `checkpoint` (variables) that older checkpoints lack; those
+  are left as they are when the checkpoint has none, and everything else is still
+  checked whole. Damaged checkpoints are named in a warning and left in place.
+  CheckpointError if every checkpoint is damaged, or if the one chosen does not match
+  the model.
   """
   path, damaged = newest_intact(directory)
   if damaged and path is None:
@@ -87,6 +91,10 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str) -> Optional[str]:
                     'continues with draws derived from (seed, step), so not with the masks '
                     'and transforms the older code would have drawn.', path, len(legacy_rng))
     checkpoint.rng = legacy_rng  # Consumes them, so the rest is still checked whole.
+  absent = _absent_children(path, optional)
+  detached = {name: getattr(checkpoint, name) for name in absent}
+  for name in absent:
+    delattr(checkpoint, name)
   try:
     checkpoint.restore(path).assert_consumed()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
@@ -97,7 +105,15 @@ def restore(checkpoint: tf.train.Checkpoint, directory: str) -> Optional[str]:
   finally:
     if legacy_rng:
       del checkpoint.rng  # Not saved again.
+    for name, child in detached.items():
+      setattr(checkpoint, name, child)  # Saved from now on.
   return path
+
+
+def _absent_children(path: str, names: Sequence[str]) -> List[str]:
+  """Those of the variables `names` that the checkpoint at `path` does not hold."""
+  held = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+  return [name for name in names if f'{name}/.ATTRIBUTES/VARIABLE_VALUE' not in held]
 
 
 def _legacy_rng_states(path: str) -> List[tf.Variable]:

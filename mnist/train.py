@@ -13,7 +13,7 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from absl import logging
 import keras
@@ -31,6 +31,7 @@ from mnist import model_dir_lock
 from mnist import optim
 from mnist import provenance
 from mnist import randomness
+from mnist import run_record
 from mnist import scoring
 from mnist import summaries
 
@@ -39,7 +40,8 @@ SUM = tf.distribute.ReduceOp.SUM
 
 @dataclasses.dataclass
 class TrainState:
-  """What a checkpoint holds. `step` and `epoch` count completed steps and epochs.
+  """What a checkpoint holds. `step` and `epoch` count completed steps and epochs;
+  `record` what results.json reports of the steps and epochs before them.
 
   No random-generator state: every draw of a step derives from (seed, step)
   (mnist/randomness.py)."""
@@ -47,10 +49,12 @@ class TrainState:
   optimizer: keras.optimizers.Optimizer
   step: tf.Variable
   epoch: tf.Variable
+  record: tf.Variable  # The run's record so far, as JSON (mnist/run_record.py).
 
   def checkpoint(self) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                               step=self.step, epoch=self.epoch)
+                               step=self.step, epoch=self.epoch,
+                               **{run_record.CHECKPOINT_KEY: self.record})
 
 
 def create_state(config: config_lib.TrainConfig, splits: data.Splits,
@@ -66,7 +70,8 @@ def create_state(config: config_lib.TrainConfig, splits: data.Splits,
     optimizer.build(model.trainable_variables)
   # Counters live outside the scope: plain variables, updated from Python.
   return TrainState(model, optimizer, step=tf.Variable(0, dtype=tf.int64, name='step'),
-                    epoch=tf.Variable(0, dtype=tf.int64, name='epoch'))
+                    epoch=tf.Variable(0, dtype=tf.int64, name='epoch'),
+                    record=run_record.new_variable())
 
 
 def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
@@ -299,7 +304,8 @@ class _ChiefCheckpointManager:
   def restore(self) -> Optional[str]:
     """Restores the newest intact checkpoint of the chief's directory: the same one on
     every worker, as the choice depends only on those files."""
-    self._latest_intact = checkpoints.restore(self._checkpoint, self.directory)
+    self._latest_intact = checkpoints.restore(self._checkpoint, self.directory,
+                                              optional=(run_record.CHECKPOINT_KEY,))
     return self._latest_intact
 
   def save(self, checkpoint_number: int) -> str:
@@ -318,8 +324,13 @@ class _ChiefCheckpointManager:
     return os.path.join(self.directory, os.path.basename(path))  # The chief's copy.
 
 
-def _save(manager: _ChiefCheckpointManager, step: int) -> str:
-  """Saves; on failure (disk full, ...) the previous checkpoint is still the latest."""
+def _save(run: '_Run', step: int, window_images: int = 0,
+          window_seconds: float = 0.0) -> str:
+  """Saves the weights with the run's record (and the current step window's images and
+  seconds) in one checkpoint; on failure (disk full, ...) the previous checkpoint, with
+  its own record, is still the latest."""
+  manager = run.manager
+  run_record.write(run.state.record, run.tally.now(window_images, window_seconds))
   try:
     return manager.save(checkpoint_number=step)
   except (OSError, tf.errors.OpError) as e:
@@ -364,6 +375,49 @@ def run(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits]
     return _train(config, datasets_override, strategy_override, held, code_override)
 
 
+@dataclasses.dataclass
+class _Run:
+  """What the training loop, the epoch end and the results share, set up once."""
+  config: config_lib.TrainConfig
+  strategy: tf.distribute.Strategy
+  splits: data.Splits
+  state: TrainState
+  manager: '_ChiefCheckpointManager'
+  train_steps: Callable
+  eval_step: Callable
+  test_dataset: tf.distribute.DistributedDataset  # The eval split.
+  epoch_eval_dataset: tf.distribute.DistributedDataset  # Validation, else the eval split.
+  epoch_eval_split: str
+  train_writer: tf.summary.SummaryWriter
+  eval_writer: tf.summary.SummaryWriter
+  extras: summaries.RunSummaries
+  provenance: dict  # This process's record of what made the run, with its segments.
+  machine: dict
+  chief: bool
+  tally: '_Tally'
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return data.steps_per_epoch(self.splits.num_train, self.config.batch_size)
+
+
+class _Tally:
+  """The run's record (mnist/run_record.py) as of now: the one restored with the
+  checkpoint plus what this process has done since. A step window's images and seconds
+  join the record when the window is logged; a checkpoint saved mid-window (preemption,
+  --checkpoint_every_steps) includes the window so far."""
+
+  def __init__(self, restored: run_record.RunRecord):
+    self.record = restored
+    self._start = time.perf_counter()
+
+  def add_window(self, images: int, seconds: float):
+    self.record = self.record.plus(images, seconds, 0.0)
+
+  def now(self, window_images: int = 0, window_seconds: float = 0.0) -> run_record.RunRecord:
+    return self.record.plus(window_images, window_seconds, time.perf_counter() - self._start)
+
+
 def _train(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits],
            strategy_override: Optional[tf.distribute.Strategy],
            held: contextlib.ExitStack,
@@ -379,14 +433,36 @@ def _train(config: config_lib.TrainConfig, datasets_override: Optional[data.Spli
   emulated = hardware.emulated_precision(config.mixed_precision, cpu_profile, gpu_profiles)
   if emulated:
     logging.warning(emulated)
-  recorded_precision = _recorded_precision(config.model_dir)  # Before config.json is rewritten.
-  previous_record = _recorded_provenance(config.model_dir)
   if config.deterministic:
     # Process-wide and one-way: ops pick deterministic kernels from now on.
     tf.config.experimental.enable_op_determinism()
-
-  # Set-up: strategy, data, state, checkpoints, summaries.
   strategy = strategy_override or distribute.strategy_from_config(config)
+  run = _set_up(config, datasets_override, strategy, held, code_override, start_utc, machine)
+  any_worker = (distribute.make_any_worker(strategy)
+                if distribute.num_workers(strategy) > 1 else None)
+  # Closed files even on error (an unmountable disk); images still being drawn first.
+  with _StopSignals(any_worker) as stop_signals, contextlib.closing(run.train_writer), \
+       contextlib.closing(run.eval_writer), contextlib.closing(run.extras):
+    while int(run.state.epoch) < config.epochs:
+      _train_epoch(run, stop_signals)
+      run.state.epoch.assign_add(1)
+      _end_epoch(run, stop_signals)
+    epoch = int(run.state.epoch)
+    if epoch and not run.tally.record.evaluated(epoch):
+      # Resumed with nothing left to train from a checkpoint whose record lacks the
+      # last epoch's evaluation (older code): evaluated now, not left as a hole.
+      logging.info('Epoch %d is trained but its evaluation is not in the record; '
+                   'evaluating it now.', epoch)
+      _end_epoch(run, stop_signals)
+  return _finish(run)
+
+
+def _set_up(config: config_lib.TrainConfig, datasets_override: Optional[data.Splits],
+            strategy: tf.distribute.Strategy, held: contextlib.ExitStack,
+            code_override: Optional[provenance.Code], start_utc: str, machine: dict) -> _Run:
+  """Strategy, data, state restored from the newest checkpoint, config.json, summaries."""
+  recorded_precision = _recorded_precision(config.model_dir)  # Before config.json is rewritten.
+  previous_record = _recorded_provenance(config.model_dir)
   # Multi-worker: only the chief writes checkpoints, summaries, config and results.
   chief, multi_worker = distribute.is_chief(strategy), distribute.num_workers(strategy) > 1
   if chief:  # One writer per model_dir: a second run is refused here, having written nothing.
@@ -399,14 +475,12 @@ def _train(config: config_lib.TrainConfig, datasets_override: Optional[data.Spli
   splits = datasets_override or data.load_splits(
       config.dataset, config.train_split, config.eval_split, config.data_dir,
       config.tfds_manual_dir, config.validation_split)
-  steps_per_epoch = data.steps_per_epoch(splits.num_train, config.batch_size)
-  if steps_per_epoch == 0:
+  if data.steps_per_epoch(splits.num_train, config.batch_size) == 0:
     raise errors.ConfigError(f'--train_split={config.train_split} has {splits.num_train} '
                              f'examples, fewer than one --batch_size={config.batch_size}.')
-  train_cached, eval_cached = splits.train.cache(), splits.eval.cache()
-  eval_dataset = distribute.distribute_dataset(strategy, data.eval_pipeline(
-      eval_cached, splits.num_eval, config.eval_batch_size))
-  epoch_eval_dataset, epoch_eval_split = eval_dataset, config.eval_split
+  test_dataset = distribute.distribute_dataset(strategy, data.eval_pipeline(
+      splits.eval.cache(), splits.num_eval, config.eval_batch_size))
+  epoch_eval_dataset, epoch_eval_split = test_dataset, config.eval_split
   if splits.validation:
     epoch_eval_dataset = distribute.distribute_dataset(strategy, data.eval_pipeline(
         splits.validation.cache(), splits.num_validation, config.eval_batch_size))
@@ -417,6 +491,11 @@ def _train(config: config_lib.TrainConfig, datasets_override: Optional[data.Spli
                                     os.path.join(config.model_dir, 'checkpoints'),
                                     config.checkpoints_to_keep, chief, multi_worker)
   _restore(state, manager, recorded_precision, config.mixed_precision)
+  restored = run_record.read(state.record, int(state.step))
+  if restored.restored_without_record:
+    logging.warning('The checkpoint resumed from (step %d) holds no run record (older '
+                    'code): results.json reports the epochs and time from here on only.',
+                    int(state.step))
   # What made the run (mnist/provenance.py), with the steps each process trained; a
   # resume under other code or packages is a warning naming both.
   record = provenance.resume(
@@ -434,138 +513,151 @@ def _train(config: config_lib.TrainConfig, datasets_override: Optional[data.Spli
   train_writer = writer(os.path.join(config.model_dir, 'train'))
   eval_writer = writer(
       os.path.join(config.model_dir, 'validation' if splits.validation else 'eval'))
-  train_steps = train_steps_for(config, state, strategy)
-  eval_step = scoring.make_eval_step(state.model, strategy, splits.num_classes)
   extras = summaries.start_run(config, state.model, strategy, splits, train_writer,
                                eval_writer, int(state.step), record)
-
+  run = _Run(config, strategy, splits, state, manager,
+             train_steps=train_steps_for(config, state, strategy),
+             eval_step=scoring.make_eval_step(state.model, strategy, splits.num_classes),
+             test_dataset=test_dataset, epoch_eval_dataset=epoch_eval_dataset,
+             epoch_eval_split=epoch_eval_split, train_writer=train_writer,
+             eval_writer=eval_writer, extras=extras, provenance=record, machine=machine,
+             chief=chief, tally=_Tally(restored))
   logging.info('Training %s on %s (%d examples, %d steps/epoch) with %s, %d replica(s), '
                'batch %d, %s.', state.model.name, config.dataset, splits.num_train,
-               steps_per_epoch, type(strategy).__name__, strategy.num_replicas_in_sync,
+               run.steps_per_epoch, type(strategy).__name__, strategy.num_replicas_in_sync,
                config.batch_size, config.mixed_precision)
-  total_steps = config.epochs * steps_per_epoch
-  start_time = time.perf_counter()
-  train_seconds_in_steps, images_trained = 0.0, 0
-  eval_metrics, eval_history = None, []
-  # Step windows end at every log, checkpoint and epoch boundary.
+  return run
+
+
+def _train_epoch(run: _Run, stop_signals: _StopSignals):
+  """The rest of the current epoch, in step windows that end at every log, checkpoint
+  and epoch boundary; checkpoints every --checkpoint_every_steps and on a stop signal."""
+  config, state, steps_per_epoch = run.config, run.state, run.steps_per_epoch
   boundaries = [config.log_every_steps] + (
       [config.checkpoint_every_steps] if config.checkpoint_every_steps else [])
+  total_steps = config.epochs * steps_per_epoch
+  epoch = int(state.epoch)
+  done_in_epoch = int(state.step) - epoch * steps_per_epoch
+  iterator = iter(distribute.distribute_dataset(run.strategy, data.train_pipeline(
+      run.splits.train.cache(), run.splits.num_train, config.batch_size, config.seed,
+      epoch, skip_batches=done_in_epoch)))
+  window_totals, window_skipped = tf.zeros([3]), 0
+  window_start = time.perf_counter()
 
-  any_worker = distribute.make_any_worker(strategy) if multi_worker else None
-  # Closed files even on error (an unmountable disk); images still being drawn first.
-  with _StopSignals(any_worker) as stop_signals, contextlib.closing(train_writer), \
-       contextlib.closing(eval_writer), contextlib.closing(extras):
-    # The loop: epochs of step windows; eval and a checkpoint at each epoch end.
-    while int(state.epoch) < config.epochs:
-      epoch = int(state.epoch)
-      done_in_epoch = int(state.step) - epoch * steps_per_epoch
-      iterator = iter(distribute.distribute_dataset(strategy, data.train_pipeline(
-          train_cached, splits.num_train, config.batch_size, config.seed, epoch,
-          skip_batches=done_in_epoch)))
+  def save(step: int) -> str:  # With the window so far in the record.
+    return _save(run, step, int(window_totals[2]), time.perf_counter() - window_start)
+
+  while done_in_epoch < steps_per_epoch:
+    step = int(state.step)
+    num_steps = min([config.steps_per_loop, steps_per_epoch - done_in_epoch] +
+                    [every - step % every for every in boundaries])
+    totals, consumed, skipped = run.train_steps(iterator, tf.constant(num_steps))
+    consumed = int(consumed)  # Waits for the steps.
+    if consumed < num_steps:  # nan_policy=stop: the next batch was not finite.
+      raise errors.TrainingDivergedError(
+          f'The loss or gradient norm became NaN or Inf at step {step + consumed + 1} '
+          f'(epoch {epoch + 1}); training stopped before applying it. '
+          f'{_last_good_checkpoint(run.manager.latest_checkpoint)} Lower '
+          '--learning_rate, or pass --nan_policy=skip_step to drop such steps.')
+    window_totals += totals
+    window_skipped += int(skipped)
+    state.step.assign_add(consumed)
+    done_in_epoch += consumed
+    step += consumed
+    run.extras.after_steps(step)  # Starts or stops a --profile_steps trace.
+
+    if step % config.log_every_steps == 0 or done_in_epoch == steps_per_epoch:
+      loss_sum, correct, count = window_totals.numpy().tolist()
+      seconds = time.perf_counter() - window_start
+      images_per_sec = count / seconds
+      run.tally.add_window(int(count), seconds)
+      eta = (total_steps - step) * config.batch_size / max(images_per_sec, 1e-9)
+      count = max(count, 1)  # A window of only skipped steps.
+      logging.info('step %d  epoch %d  loss %.4f  accuracy %.4f  %.0f images/s  '
+                   'ETA %.0fs%s', step, epoch + 1, loss_sum / count, correct / count,
+                   images_per_sec, eta,
+                   f'  skipped {window_skipped} non-finite' if window_skipped else '')
+      scalars = {'loss': loss_sum / count, 'accuracy': correct / count,
+                 'learning_rate': float(keras.ops.convert_to_numpy(
+                     state.optimizer.learning_rate)),
+                 'images_per_sec': images_per_sec}
+      if config.nan_policy == 'skip_step':
+        scalars['nonfinite_steps_skipped'] = window_skipped
+      _write_scalars(run.train_writer, step, scalars)
       window_totals, window_skipped = tf.zeros([3]), 0
       window_start = time.perf_counter()
-      while done_in_epoch < steps_per_epoch:
-        step = int(state.step)
-        num_steps = min([config.steps_per_loop, steps_per_epoch - done_in_epoch] +
-                        [every - step % every for every in boundaries])
-        totals, consumed, skipped = train_steps(iterator, tf.constant(num_steps))
-        consumed = int(consumed)  # Waits for the steps.
-        if consumed < num_steps:  # nan_policy=stop: the next batch was not finite.
-          raise errors.TrainingDivergedError(
-              f'The loss or gradient norm became NaN or Inf at step {step + consumed + 1} '
-              f'(epoch {epoch + 1}); training stopped before applying it. '
-              f'{_last_good_checkpoint(manager.latest_checkpoint)} Lower '
-              '--learning_rate, or pass --nan_policy=skip_step to drop such steps.')
-        window_totals += totals
-        window_skipped += int(skipped)
-        state.step.assign_add(consumed)
-        done_in_epoch += consumed
-        step += consumed
-        extras.after_steps(step)  # Starts or stops a --profile_steps trace.
+    if stop_signals.should_stop():
+      path = save(step)
+      run.train_writer.flush()
+      raise stop_signals.preempted(step, path)
+    if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+        and done_in_epoch < steps_per_epoch):  # The epoch end saves after eval.
+      save(step)
 
-        if step % config.log_every_steps == 0 or done_in_epoch == steps_per_epoch:
-          loss_sum, correct, count = window_totals.numpy().tolist()
-          seconds = time.perf_counter() - window_start
-          images_per_sec = count / seconds
-          train_seconds_in_steps += seconds
-          images_trained += int(count)
-          eta = (total_steps - step) * config.batch_size / max(images_per_sec, 1e-9)
-          count = max(count, 1)  # A window of only skipped steps.
-          logging.info('step %d  epoch %d  loss %.4f  accuracy %.4f  %.0f images/s  '
-                       'ETA %.0fs%s', step, epoch + 1, loss_sum / count, correct / count,
-                       images_per_sec, eta,
-                       f'  skipped {window_skipped} non-finite' if window_skipped else '')
-          scalars = {'loss': loss_sum / count, 'accuracy': correct / count,
-                     'learning_rate': float(keras.ops.convert_to_numpy(
-                         state.optimizer.learning_rate)),
-                     'images_per_sec': images_per_sec}
-          if config.nan_policy == 'skip_step':
-            scalars['nonfinite_steps_skipped'] = window_skipped
-          _write_scalars(train_writer, step, scalars)
-          window_totals, window_skipped = tf.zeros([3]), 0
-          window_start = time.perf_counter()
-        if stop_signals.should_stop():
-          path = _save(manager, step)
-          train_writer.flush()
-          raise stop_signals.preempted(step, path)
-        if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-            and done_in_epoch < steps_per_epoch):  # The epoch end saves after eval.
-          _save(manager, step)
 
-      state.epoch.assign_add(1)
-      epoch_end_start = time.perf_counter()
-      with optim.ema_weights(state.model, state.optimizer):  # No-op without EMA.
-        eval_metrics = scoring.evaluate(
-            eval_step, epoch_eval_dataset, strategy,
-            keep_mistakes=summaries.MAX_MISCLASSIFIED if config.epoch_summaries else 0)
-      eval_seconds = time.perf_counter() - epoch_end_start
-      matrix, mistakes = eval_metrics.pop('confusion_matrix'), eval_metrics.pop('mistakes', None)
-      eval_history.append({'epoch': int(state.epoch), 'step': int(state.step),
-                           'seconds': time.perf_counter() - start_time,
-                           'split': epoch_eval_split, **eval_metrics})
-      _write_scalars(eval_writer, int(state.step),
-                     {'loss': eval_metrics['loss'], 'accuracy': eval_metrics['accuracy']})
-      path = _save(manager, int(state.step))
-      if config.epoch_summaries:  # Drawn in the background, during the next epoch.
-        extras.on_epoch_end(int(state.step), matrix, mistakes)
-      epoch_end_seconds = time.perf_counter() - epoch_end_start
-      eval_history[-1].update(eval_seconds=eval_seconds, epoch_end_seconds=epoch_end_seconds)
-      logging.info('epoch %d/%d  %s loss %.4f  accuracy %.4f on %d examples  saved %s  '
-                   '(eval %.2fs, epoch end %.2fs)', int(state.epoch), config.epochs,
-                   epoch_eval_split, eval_metrics['loss'], eval_metrics['accuracy'],
-                   eval_metrics['examples'], path, eval_seconds, epoch_end_seconds)
-      if stop_signals.should_stop():
-        raise stop_signals.preempted(int(state.step), path)
+def _end_epoch(run: _Run, stop_signals: _StopSignals):
+  """Evaluates the epoch just trained, records it and checkpoints weights and record
+  together: a process killed before the save leaves the previous pair, and its rerun
+  evaluates this epoch again."""
+  config, state = run.config, run.state
+  epoch_end_start = time.perf_counter()
+  with optim.ema_weights(state.model, state.optimizer):  # No-op without EMA.
+    metrics = scoring.evaluate(
+        run.eval_step, run.epoch_eval_dataset, run.strategy,
+        keep_mistakes=summaries.MAX_MISCLASSIFIED if config.epoch_summaries else 0)
+  eval_seconds = time.perf_counter() - epoch_end_start
+  matrix, mistakes = metrics.pop('confusion_matrix'), metrics.pop('mistakes', None)
+  entry = {'epoch': int(state.epoch), 'step': int(state.step),
+           'seconds': run.tally.now().seconds, 'split': run.epoch_eval_split, **metrics,
+           'eval_seconds': eval_seconds, 'epoch_end_seconds': None}
+  run.tally.record.eval_history.append(entry)
+  _write_scalars(run.eval_writer, int(state.step),
+                 {'loss': metrics['loss'], 'accuracy': metrics['accuracy']})
+  path = _save(run, int(state.step))
+  if config.epoch_summaries:  # Drawn in the background, during the next epoch.
+    run.extras.on_epoch_end(int(state.step), matrix, mistakes)
+  epoch_end_seconds = time.perf_counter() - epoch_end_start
+  # Measured after the save: None in this checkpoint's record, in the next one's filled.
+  entry['epoch_end_seconds'] = epoch_end_seconds
+  logging.info('epoch %d/%d  %s loss %.4f  accuracy %.4f on %d examples  saved %s  '
+               '(eval %.2fs, epoch end %.2fs)', int(state.epoch), config.epochs,
+               run.epoch_eval_split, metrics['loss'], metrics['accuracy'],
+               metrics['examples'], path, eval_seconds, epoch_end_seconds)
+  if stop_signals.should_stop():
+    raise stop_signals.preempted(int(state.step), path)
 
-  # The test split is reported, never used to choose: with a validation split it
-  # is scored only here, once.
-  test_metrics = eval_metrics if not splits.validation else None
+
+def _finish(run: _Run) -> dict:
+  """results.json: the whole run's record, and the test split scored (once, here, when
+  epochs were evaluated on a validation split: it is reported, never used to choose)."""
+  config, state, record = run.config, run.state, run.tally.now()
+  last = record.evaluated(int(state.epoch))  # None only for a run of 0 epochs.
+  test_metrics = last if not run.splits.validation else None
   if test_metrics is None:
     with optim.ema_weights(state.model, state.optimizer):
-      test_metrics = scoring.evaluate(eval_step, eval_dataset, strategy)
+      test_metrics = scoring.evaluate(run.eval_step, run.test_dataset, run.strategy)
+    record = run.tally.now()  # With the test evaluation's time.
   results = {
       'test_accuracy': test_metrics['accuracy'],
       'test_loss': test_metrics['loss'],
       'test_examples': test_metrics['examples'],
       'global_step': int(state.step),
       'epochs_completed': int(state.epoch),
-      'train_seconds': time.perf_counter() - start_time,
-      'train_images_per_sec': images_trained / train_seconds_in_steps
-                              if train_seconds_in_steps else None,
+      'train_seconds': record.seconds,  # Summed over the run's processes.
+      'train_images_per_sec': record.images_per_sec,
       'weights_sha256': model_lib.weights_sha256(state.model),
-      'num_replicas': strategy.num_replicas_in_sync,
-      'eval_history': eval_history,  # This process's per-epoch evals, with seconds.
+      'num_replicas': run.strategy.num_replicas_in_sync,
+      'eval_history': record.eval_history,  # Every epoch of the run, with seconds.
       'config': dataclasses.asdict(config),
-      'hardware': machine,  # What these figures were measured on.
-      'provenance': provenance.finish(record, int(state.step)),  # What made them.
+      'hardware': run.machine,  # What these figures were measured on.
+      'provenance': provenance.finish(run.provenance, int(state.step)),  # What made them.
   }
-  if splits.validation and eval_metrics:
-    results.update(validation_accuracy=eval_metrics['accuracy'],
-                   validation_loss=eval_metrics['loss'],
-                   validation_examples=eval_metrics['examples'])
-  if chief:
+  if run.splits.validation and last:
+    results.update(validation_accuracy=last['accuracy'], validation_loss=last['loss'],
+                   validation_examples=last['examples'])
+  if run.chief:
     _write_json(os.path.join(config.model_dir, 'results.json'), results)
-  extras.end_run(results)  # Test metrics into the HParams table; ends a trace.
+  run.extras.end_run(results)  # Test metrics into the HParams table; ends a trace.
   return results
 
 

@@ -1,11 +1,14 @@
-"""Kills deterministic training runs at random moments and checks every rerun ends with
-the uninterrupted run's weights_sha256.
+"""Kills deterministic training runs and checks every rerun ends with the uninterrupted
+run's weights_sha256 and results.json (but for timings and provenance).
 
   python scripts/fault_check.py --runs=10 --workdir=/tmp/fault_check -- \
       --train_split='train[:6400]' --epochs=2 --checkpoint_every_steps=25
 
+Trials take turns: killed during an epoch end (after its last step's log line: the
+eval pass and the checkpoint), just before the results write (after the final epoch's
+line), and at a random moment after the first checkpoint (mnist/fault_injection.py).
 Flags after `--` go to scripts/train.py (`--deterministic` is always added).
-Exits non-zero if any resumed run differs.
+Exits non-zero if any resumed run's weights or results differ.
 """
 import json
 import signal
@@ -34,9 +37,14 @@ def main(argv):
       log=lambda line: print(line, flush=True))
   matched = sum(t.matches for t in trials)
   print(json.dumps({'runs': len(trials), 'matched': matched,
-                    'interrupted': sum(t.killed_after_step is not None for t in trials),
+                    'weights_matched': sum(t.weights_match for t in trials),
+                    'results_matched': sum(t.results_match for t in trials),
+                    'interrupted': sum(t.interrupted for t in trials),
                     'expected_sha256': expected,
-                    'killed_after_steps': [t.killed_after_step for t in trials]}))
+                    'kill_kinds': [t.moment.kind for t in trials],
+                    'killed_after_steps': [t.killed_after_step for t in trials],
+                    'result_differences': [[d.key for d in t.result_differences]
+                                           for t in trials]}))
   sys.exit(0 if matched == len(trials) else 1)
 
 

@@ -137,13 +137,15 @@ def test_a_run_resumed_on_another_replica_count_continues_the_same_trajectory(
                                                                            mirrored2)
   config = _config(tmp_path, epochs=1, batch_size=64, dropout_rate=0.5, augment=True,
                    augment_cutout_pixels=6, batch_norm=True)
-  train.run(config, datasets_override=splits, strategy_override=first)
+  first_run = train.run(config, datasets_override=splits, strategy_override=first)
   resumed = train.run(config.replace(epochs=2), datasets_override=splits,
                       strategy_override=second)
   straight = train.run(config.replace(epochs=2, model_dir=str(tmp_path / 'straight')),
                        datasets_override=splits, strategy_override=one_device)
   assert resumed['global_step'] == straight['global_step'] == 16
-  assert resumed['eval_history'][0]['epoch'] == 2  # Epoch 1 was not redone.
+  # Epoch 1 was not redone: its evaluation comes from the checkpoint's record.
+  assert [entry['epoch'] for entry in resumed['eval_history']] == [1, 2]
+  assert resumed['eval_history'][0]['seconds'] == first_run['eval_history'][0]['seconds']
   assert resumed['test_loss'] == pytest.approx(straight['test_loss'], rel=1e-3)
   assert resumed['test_accuracy'] == pytest.approx(straight['test_accuracy'], abs=1e-6)
 

@@ -1,5 +1,6 @@
 """Reliability of train.run: determinism, exact resume, NaN guard, disk full."""
 import contextlib
+import dataclasses
 import os
 import subprocess
 
@@ -11,6 +12,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from mnist import config as config_lib
 from mnist import data
 from mnist import errors
+from mnist import fault_injection
 from mnist import train
 
 from conftest import synthetic_splits
@@ -41,8 +43,13 @@ def test_two_deterministic_runs_end_with_identical_weights(tmp_path, splits):
 ])
 @pytest.mark.slow
 def test_resume_from_any_checkpoint_ends_bit_identical(tmp_path, splits, resume_step, changes):
-  """Rewinds a finished run to an earlier checkpoint, as a crash would leave it."""
-  config = _config(tmp_path, checkpoint_every_steps=1, checkpoints_to_keep=100, **changes)
+  """Rewinds a finished run to an earlier checkpoint, as a crash would leave it: the
+  same weights, and results.json the same but for timings (every epoch evaluated on
+  the validation split, the test split once)."""
+  splits = dataclasses.replace(splits, validation=synthetic_splits(seed=9).eval,
+                               num_validation=300)
+  config = _config(tmp_path, checkpoint_every_steps=1, checkpoints_to_keep=100,
+                   validation_split='train[500:]', **changes)
   uninterrupted = train.run(config, datasets_override=splits)
   ckpt_dir = _checkpoint_dir(config)
   tf.compat.v1.train.update_checkpoint_state(
@@ -50,6 +57,8 @@ def test_resume_from_any_checkpoint_ends_bit_identical(tmp_path, splits, resume_
   resumed = train.run(config, datasets_override=splits)
   assert resumed['global_step'] == uninterrupted['global_step'] == 32
   assert resumed['weights_sha256'] == uninterrupted['weights_sha256']
+  assert fault_injection.compare_results(uninterrupted, resumed) == []
+  assert [entry['epoch'] for entry in resumed['eval_history']] == [1, 2]
 
 
 def _splits_with_nan(num_nan=1):
