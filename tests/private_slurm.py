@@ -6,6 +6,12 @@ then SIGKILL). Without Slurm's binaries the tests that need it are skipped, unle
 $MNIST_REQUIRE_SLURM is set (CI sets it): then they fail. Clients find the cluster
 through the SLURM_CONF in `cluster.env`. The daemons run as the current user (root in
 CI and here: SlurmUser=root).
+
+By default its one node is this host (127.0.0.1). Given `Node`s with their own address
+and network namespace (tests/network_hosts.py), each slurmd runs in its node's namespace
+and slurmctld listens where they reach it (the bridge's address), so srun's tasks run
+on separate hosts; munged stays in the root namespace (its socket is a file, seen by
+every namespace).
 """
 import dataclasses
 import getpass
@@ -28,7 +34,7 @@ _STOP_SECONDS = 10
 
 _CONF = '''\
 ClusterName=mnisttest
-SlurmctldHost={node}(127.0.0.1)
+SlurmctldHost={node}({ctld_address})
 SlurmUser={user}
 SlurmdUser=root
 SlurmctldPort={ctld_port}
@@ -57,6 +63,15 @@ MinJobAge=600
 {node_lines}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 '''
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+  """A slurmd: its node name, the address slurmctld and srun reach it at, and the
+  network namespace it runs in (None: this host's own)."""
+  name: str
+  address: str = '127.0.0.1'
+  namespace: Optional[str] = None
 
 
 def missing_binaries() -> list:
@@ -131,21 +146,28 @@ def _write(path: str, text, mode: int = 0o644) -> None:
     f.write(text.encode() if isinstance(text, str) else text)
 
 
-def start(root: str, cpus: Optional[int] = None, nodes: tuple = (NODE,)) -> Cluster:
-  """Starts the cluster in `root` and waits until its nodes are idle. Several `nodes`
-  are slurmd processes on this host, each on its own port: srun then writes the
-  formats of a real multi-node step (SLURM_STEP_NODELIST=n[1-2], tasks per node 1(x2)),
-  though only NODE resolves to this host."""
-  for folder in ('munge', 'state', *(os.path.join('spool', node) for node in nodes)):
+def start(root: str, cpus: Optional[int] = None, nodes: tuple = (NODE,),
+          controller_address: str = '127.0.0.1') -> Cluster:
+  """Starts the cluster in `root` and waits until its nodes are idle.
+
+  `nodes`: names (slurmd processes on this host at 127.0.0.1, each on its own port:
+  srun then writes the formats of a real multi-node step, SLURM_STEP_NODELIST=n[1-2],
+  tasks per node 1(x2), though only NODE resolves to this host) or `Node`s, each slurmd
+  in its node's network namespace at its address. `controller_address`: where slurmctld
+  is reached, from every node's namespace (with Nodes: the bridge's address); the
+  node names must resolve (/etc/hosts) for the tasks to reach each other by name."""
+  nodes = tuple(node if isinstance(node, Node) else Node(node) for node in nodes)
+  for folder in ('munge', 'state', *(os.path.join('spool', node.name) for node in nodes)):
     os.makedirs(os.path.join(root, folder), exist_ok=True)
   os.chmod(os.path.join(root, 'munge'), 0o755)  # munged requires it of its socket's folder.
   ctld_port, *slurmd_ports = _free_ports(1 + len(nodes))
   conf = os.path.join(root, 'slurm.conf')
   node_lines = '\n'.join(
-      f'NodeName={node} NodeAddr=127.0.0.1 Port={port} CPUs={cpus or os.cpu_count()} '
-      'State=UNKNOWN' for node, port in zip(nodes, slurmd_ports))
+      f'NodeName={node.name} NodeAddr={node.address} Port={port} '
+      f'CPUs={cpus or os.cpu_count()} State=UNKNOWN' for node, port in zip(nodes, slurmd_ports))
   _write(conf, _CONF.format(root=root, node=NODE, user=getpass.getuser(),
-                            ctld_port=ctld_port, node_lines=node_lines))
+                            ctld_address=controller_address, ctld_port=ctld_port,
+                            node_lines=node_lines))
   _write(os.path.join(root, 'plugstack.conf'), '')
   munge = os.path.join(root, 'munge')
   _write(os.path.join(munge, 'munge.key'), os.urandom(1024), 0o400)
@@ -160,13 +182,18 @@ def start(root: str, cpus: Optional[int] = None, nodes: tuple = (NODE,)) -> Clus
                  f'--key-file={munge}/munge.key', f'--pid-file={munge}/munged.pid',
                  f'--log-file={munge}/munged.log', f'--seed-file={munge}/munged.seed'],
       'slurmctld': ['slurmctld', '-D', '-f', conf],
-      **{f'slurmd-{node}': ['slurmd', '-D', '-N', node, '-f', conf] for node in nodes},
+      **{f'slurmd-{node.name}': ['slurmd', '-D', '-N', node.name, '-f', conf]
+         for node in nodes},
   }
+  # nsenter, not `ip netns exec`: that also remounts /sys, where slurmd finds no cgroups.
+  namespaces = {f'slurmd-{node.name}': node.namespace for node in nodes if node.namespace}
   try:
     for name, argv in commands.items():
       path = shutil.which(argv[0]) or os.path.join('/usr/sbin', argv[0])
+      enter = ['nsenter', f'--net=/var/run/netns/{namespaces[name]}'] if (
+          name in namespaces) else []
       with open(os.path.join(root, f'{name}.out'), 'w') as out:
-        cluster.pids[name] = subprocess.Popen([path, *argv[1:]], env=env, stdout=out,
+        cluster.pids[name] = subprocess.Popen([*enter, path, *argv[1:]], env=env, stdout=out,
                                               stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL,
                                               start_new_session=True)
