@@ -101,7 +101,7 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
   model, optimizer = state.model, state.optimizer
   # LossScaleOptimizer expects non-finite float16 gradients now and then: it skips
   # them and lowers the scale itself. Only a non-finite loss is divergence there.
-  check_grads = not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
   def scaled_loss_and_stats(logits, labels):
     losses, stats = losses_lib.per_example_stats(logits, labels,
@@ -140,13 +140,24 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
     grads = tape.gradient(scaled_loss, model.trainable_variables)
     if sam_rho:
       grads = sharpness_aware_grads(grads, images, labels, step, non_trainable_before)
-    finite = tf.math.is_finite(loss)
-    if check_grads:
-      finite &= tf.math.is_finite(tf.linalg.global_norm(grads))
-    return grads, stats, tf.cast(tf.logical_not(finite), tf.float32)
+    diverged = tf.logical_not(tf.math.is_finite(loss))
+    if loss_scaled:  # The check LossScaleOptimizer makes.
+      overflowed = tf.logical_not(tf.reduce_all(
+          [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+    else:
+      diverged |= tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads)))
+      overflowed = tf.zeros_like(diverged)
+    return grads, stats, tf.cast(tf.stack([diverged, overflowed]), tf.float32)
 
   @tf.autograph.experimental.do_not_convert
-  def replica_apply(grads):
+  def replica_apply(grads, any_overflowed):
+    if loss_scaled:
+      # Keras' LossScaleOptimizer decides to skip from each replica's own gradients
+      # (replica 0's alone under merge_call), not the all-reduced ones: an overflow on
+      # another replica would reach Adam. NaN on every replica when any overflowed
+      # makes every replica skip the step and halve the scale, together.
+      poison = tf.where(any_overflowed, float('nan'), 0.0)
+      grads = [g + tf.cast(poison, g.dtype) for g in grads]
     optimizer.apply(grads, model.trainable_variables)  # Unscales; all-reduces.
 
   @tf.function
@@ -155,15 +166,16 @@ def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
     first_step = state.step.read_value()  # Advanced by the caller after the call.
     for index in tf.range(num_steps):
       step = first_step + tf.cast(index, tf.int64)
-      grads, stats, nonfinite = strategy.run(replica_grads, args=(*next(iterator), step))
-      # The decision is made across replicas (cross-replica context), as Keras'
-      # LossScaleOptimizer does: a cond may not hold a merge_call in a replica.
-      if strategy.reduce(SUM, nonfinite, axis=None) > 0:
+      grads, stats, flags = strategy.run(replica_grads, args=(*next(iterator), step))
+      # One all-reduce of [diverged, overflowed]; decided across replicas (cross-replica
+      # context): a cond may not hold a merge_call in a replica.
+      diverged, overflowed = tf.unstack(strategy.reduce(SUM, flags, axis=None))
+      if diverged > 0:
         skipped += 1
         if stop_on_nonfinite:
           break
       else:
-        strategy.run(replica_apply, args=(grads,))
+        strategy.run(replica_apply, args=(grads, overflowed > 0))
         totals += strategy.reduce(SUM, stats, axis=None)
       consumed += 1
     return totals, consumed, skipped

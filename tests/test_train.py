@@ -3,6 +3,8 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -17,6 +19,7 @@ from mnist import errors
 from mnist import evaluate
 from mnist import hardware
 from mnist import inference
+from mnist import launch
 from mnist import losses as losses_lib
 from mnist import model as model_lib
 from mnist import optim
@@ -24,7 +27,10 @@ from mnist import provenance
 from mnist import scoring
 from mnist import train
 
+from conftest import REPO
 from conftest import synthetic_splits
+import loss_scale_overflow
+from loss_scale_overflow import BRIGHT
 
 
 def _config(tmp_path, **changes):
@@ -406,3 +412,43 @@ def test_a_run_resumed_under_other_code_lists_both_segments_and_warns(tmp_path, 
   assert written['provenance']['segments'][-1]['last_step'] is None  # Still training then.
   # What scripts/evaluate, predict and export rebuild from config.json.
   assert inference.read_config(config.model_dir) == config.replace(epochs=2)
+
+
+@pytest.mark.parametrize('values, skipped', [
+    ((loss_scale_overflow.ORDINARY, loss_scale_overflow.ORDINARY), False),
+    ((0.0, loss_scale_overflow.BRIGHT), True),  # Replica 1 alone overflows.
+    ((loss_scale_overflow.BRIGHT, 0.0), True),
+])
+def test_an_overflow_on_any_replica_skips_the_step_on_all_and_halves_the_scale(
+    mirrored2, values, skipped):
+  outcome = loss_scale_overflow.one_step(mirrored2, values)
+  assert outcome['consumed'] == 1 and outcome['finite']
+  assert outcome['changed'] != skipped
+  assert outcome['scale_after'] == outcome['scale_before'] / (2 if skipped else 1)
+
+
+@pytest.mark.slow
+def test_an_overflow_on_one_worker_skips_the_step_on_both_workers(tmp_path):
+  """The same with 2 local worker processes (MultiWorkerMirroredStrategy): the workers
+  agree, the scale halves on both, and neither hangs in a collective."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'loss_scale_overflow.py')
+  ports = launch.free_ports(2)
+  workers = []
+  for index in range(2):
+    tf_config = {'cluster': {'worker': [f'127.0.0.1:{port}' for port in ports]},
+                 'task': {'type': 'worker', 'index': index}}
+    env = {**os.environ, 'TF_CONFIG': json.dumps(tf_config), 'PYTHONPATH': REPO}
+    workers.append(subprocess.Popen([sys.executable, script, f'0,{BRIGHT}'], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True))
+  try:
+    outputs = [worker.communicate(timeout=120) for worker in workers]  # Hung: fail.
+  finally:
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+  for worker, (stdout, stderr) in zip(workers, outputs):
+    assert worker.returncode == 0, stderr[-3000:]
+    outcome = json.loads(stdout.strip().splitlines()[-1])
+    assert outcome['finite'] and not outcome['changed']
+    assert outcome['scale_after'] == outcome['scale_before'] / 2
