@@ -1,5 +1,6 @@
 # `make train`, `make test` (every test), `make check` (the linter and the fast tier, for
-# the edit-test loop) and `make lint`. Each creates .venv on demand.
+# the edit-test loop) and `make lint`. Each creates .venv on demand; on a GPU machine run
+# `make venv-gpu` first (below).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ endif
 TRAIN_FLAGS ?=
 PYTEST_FLAGS ?=
 
-.PHONY: venv train test check lint clean
+.PHONY: venv venv-gpu train test check lint clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -22,6 +23,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
+
+# On a machine with NVIDIA GPUs: the same venv plus the `gpu` extra, TensorFlow's CUDA 12
+# and cuDNN 9 libraries as pip packages (tensorflow[and-cuda], a few GB). It covers
+# `venv` too, so `make train` and `make test` use it as it is.
+venv-gpu: $(VENV)/.installed-gpu
+
+$(VENV)/.installed-gpu: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[test,gpu]'
+	touch $@ $(VENV)/.installed
 
 train: venv
 	$(PY) scripts/train.py $(TRAIN_FLAGS)

@@ -15,6 +15,7 @@ from absl import logging
 from mnist import cluster
 from mnist import config as config_lib
 from mnist import errors
+from mnist import gpu
 from mnist import runtime
 from mnist.benchmark import config as benchmark_config
 
@@ -113,7 +114,8 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS):
   flags.DEFINE_string('collective_communication', d.collective_communication,
                       'multi_worker all-reduce implementation: ' +
                       ', '.join(config_lib.COLLECTIVE_COMMUNICATIONS) +
-                      ' (nccl needs GPUs; auto lets TensorFlow choose).', **fv)
+                      ' (nccl needs GPUs; auto: nccl when every device of the worker is '
+                      'a GPU, else ring).', **fv)
   flags.DEFINE_float('collective_timeout_seconds', d.collective_timeout_seconds,
                      'multi_worker: a collective op that takes longer fails the run '
                      '(catches a worker that is alive but stuck). 0: no limit. Costs a '
@@ -140,6 +142,11 @@ def define_train_flags(flag_values: flags.FlagValues = FLAGS):
                        'Write train summaries and a progress line every N steps.', **fv)
   flags.DEFINE_integer('steps_per_loop', d.steps_per_loop,
                        'Train steps run inside one tf.function call.', **fv)
+  flags.DEFINE_bool('input_on_device', d.input_on_device,
+                    'With --strategy=default: keep the training split on the device and '
+                    'gather each batch there inside the compiled loop, instead of a '
+                    'tf.data batch copied from the host every step. The same batches in '
+                    'the same order, so the same weights.', **fv)
   flags.DEFINE_integer('checkpoints_to_keep', d.checkpoints_to_keep,
                        'How many recent checkpoints CheckpointManager keeps.', **fv)
   flags.DEFINE_integer('checkpoint_every_steps', d.checkpoint_every_steps,
@@ -207,7 +214,7 @@ def define_export_flags():
 
 
 def define_runtime_flags(flag_values: flags.FlagValues = FLAGS):
-  """oneDNN and thread-pool flags, applied before and right after TensorFlow loads."""
+  """oneDNN, thread-pool and GPU flags, applied before and right after TensorFlow loads."""
   d, fv = runtime.RuntimeConfig(), {'flag_values': flag_values}
   flags.DEFINE_string('onednn', d.onednn,
                       'oneDNN CPU kernels: auto (on for x86 CPUs with AVX2, where '
@@ -218,6 +225,14 @@ def define_runtime_flags(flag_values: flags.FlagValues = FLAGS):
                        'Inter-op thread pool size (0: TensorFlow decides).', **fv)
   flags.DEFINE_integer('intra_op_threads', d.intra_op_threads,
                        'Intra-op thread pool size (0: TensorFlow decides).', **fv)
+  flags.DEFINE_bool('gpu_memory_growth', d.gpu_memory_growth,
+                    'Let each GPU\'s memory grow as needed instead of TensorFlow mapping '
+                    'nearly all of it at the start, so processes can share a GPU. A '
+                    f'${gpu.FORCE_GROWTH_ENV} you set wins.', **fv)
+  flags.DEFINE_bool('allow_cpu_on_gpu_node', d.allow_cpu_on_gpu_node,
+                    'Run on the CPU on purpose where the NVIDIA driver is loaded but '
+                    'TensorFlow lists no GPU; without it such a run is refused (exit 2) '
+                    'with the cause and the fix (usually: make venv-gpu).', **fv)
 
 
 def define_benchmark_flags():
@@ -291,10 +306,13 @@ def run_config_from_flags(config: config_lib.TrainConfig) -> config_lib.TrainCon
 
 
 def runtime_config_from_flags(flag_values: flags.FlagValues = FLAGS) -> runtime.RuntimeConfig:
-  """Reads --onednn and the thread-pool flags into a validated RuntimeConfig."""
-  return runtime.RuntimeConfig(onednn=flag_values.onednn,
-                               inter_op_threads=flag_values.inter_op_threads,
-                               intra_op_threads=flag_values.intra_op_threads).validate()
+  """Reads --onednn, the thread-pool and the GPU flags into a validated RuntimeConfig."""
+  return _runtime_config(flag_values).validate()
+
+
+def _runtime_config(flag_values: flags.FlagValues) -> runtime.RuntimeConfig:
+  return runtime.RuntimeConfig(**{field: flag_values[field].value
+                                  for field in runtime.RuntimeConfig.__dataclass_fields__})
 
 
 def parse_train_flags(args: Sequence[str]) -> tuple:
@@ -322,9 +340,7 @@ def benchmark_config_from_flags() -> benchmark_config.BenchmarkConfig:
             if field in FLAGS and field not in ('train', 'runtime')}
   # The runtime flags unvalidated here: BenchmarkConfig.validate names their problems
   # together with the benchmark's own.
-  runtime_config = runtime.RuntimeConfig(onednn=FLAGS.onednn,
-                                         inter_op_threads=FLAGS.inter_op_threads,
-                                         intra_op_threads=FLAGS.intra_op_threads)
+  runtime_config = _runtime_config(FLAGS)
   return benchmark_config.BenchmarkConfig(
       train=train_config_from_flags(), runtime=runtime_config,
       role=FLAGS['_role'].value, **values).validate()

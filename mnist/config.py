@@ -76,6 +76,9 @@ class TrainConfig:
   # 2-core CPU (fewer host round trips; BUILD.md, Measured) and costs nothing else:
   # calls still end at every log, checkpoint and epoch boundary.
   steps_per_loop: int = 10
+  # The default strategy only: the training split as device tensors, each batch
+  # gathered on the device inside the loop (mnist/device_input.py); the same batches.
+  input_on_device: bool = False
   checkpoints_to_keep: int = 3
   checkpoint_every_steps: int = 0  # 0: only at each epoch end.
   deterministic: bool = False  # Bit-identical reruns and resumes (slower ops).
@@ -166,6 +169,10 @@ class TrainConfig:
           f'--log_every_steps must be > 0, got {self.log_every_steps}.')
     check(self.steps_per_loop > 0,
           f'--steps_per_loop must be > 0, got {self.steps_per_loop}.')
+    check(not self.input_on_device or self.strategy == 'default',
+          f'--input_on_device is for --strategy=default (one device), not '
+          f'--strategy={self.strategy}: the distributed iterator of the others already '
+          'prefetches each replica\'s share to its device.')
     check(self.checkpoint_every_steps >= 0,
           f'--checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}.')
     check(self.nan_policy in NAN_POLICIES,

@@ -5,6 +5,7 @@ from TF_CONFIG on TensorFlow's collective runtime, TPUStrategy (untested here).
 import os
 import re
 
+from absl import logging
 import tensorflow as tf
 # The coordination service's timeouts have no public API in TensorFlow 2.21.
 from tensorflow.python.eager import context as tf_context
@@ -12,6 +13,7 @@ from tensorflow.python.eager import context as tf_context
 from mnist import cluster
 from mnist import config as config_lib
 from mnist import errors
+from mnist import gpu
 
 _COMMUNICATIONS = {
     'auto': tf.distribute.experimental.CommunicationImplementation.AUTO,
@@ -84,12 +86,18 @@ def multi_worker_strategy(communication: str = 'auto', timeout_seconds: float = 
   Must run before anything initialises TensorFlow's runtime in this process.
   """
   task = cluster.parse_tf_config(os.environ.get(cluster.TF_CONFIG_ENV))
+  # The worker's replicas run on its GPUs, or on its CPU when it has none.
+  devices = tf.config.list_physical_devices('GPU') or tf.config.list_physical_devices('CPU')
   if communication == 'nccl' and not tf.config.list_physical_devices('GPU'):
     raise errors.ConfigError('--collective_communication=nccl needs GPUs and this machine '
                              'has none; use ring (or auto).')
+  chosen = gpu.collective_communication(communication, [d.device_type for d in devices])
+  if chosen != communication:
+    logging.info('--collective_communication=%s: %s on %s.', communication, chosen,
+                 ', '.join(d.name for d in devices))
   _configure_coordination_service(task, heartbeat_timeout_seconds, startup_timeout_seconds)
   options = tf.distribute.experimental.CommunicationOptions(
-      timeout_seconds=timeout_seconds or None, implementation=_COMMUNICATIONS[communication])
+      timeout_seconds=timeout_seconds or None, implementation=_COMMUNICATIONS[chosen])
   try:
     return tf.distribute.MultiWorkerMirroredStrategy(
         cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver(),
@@ -193,3 +201,8 @@ def describe_peer_failure(error: Exception) -> str:
   # 'Error reported from /job:worker/task:1: The following tasks are unhealthy ...:'
   cause = re.sub(r'^Error reported from \S+: ', '', cause).rstrip(':')
   return (f'lost {", ".join(tasks)}: ' if tasks else '') + cause[:300]
+
+
+def default_device() -> str:
+  """Where the default strategy's ops run: the first GPU, else the first CPU."""
+  return (tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU'))[0].name

@@ -1,7 +1,8 @@
 """Runs N processes of scripts/train.py on this machine as one multi-worker cluster.
 
-Each worker gets a free port on the host, its own TF_CONFIG and the same training
-flags; their output is streamed with a `[worker i]` prefix. If a worker fails, the
+Each worker gets a free port on the host, its own TF_CONFIG, its own GPUs where the
+node has at least one per worker (`gpu.gpu_slots`: CUDA_VISIBLE_DEVICES) and the same
+training flags; their output is streamed with a `[worker i]` prefix. If a worker fails, the
 others get `stop_grace_seconds` to stop on their own (they notice the lost peer
 in a collective, or when its heartbeats stop), then SIGTERM, then SIGKILL
 `_KILL_AFTER_SECONDS` later: the launcher returns within stop_grace_seconds + 5 s
@@ -22,6 +23,7 @@ from typing import Optional, Sequence, TextIO
 
 from mnist import cluster
 from mnist import errors
+from mnist import gpu
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             'scripts', 'train.py')
@@ -61,9 +63,15 @@ def free_ports(count: int, host: str = '127.0.0.1') -> list:
       sock.close()
 
 
-def worker_flags(train_flags: Sequence[str]) -> list:
-  """The training flags with --strategy=multi_worker (added if absent)."""
-  flags = list(train_flags)
+# NCCL refuses two ranks on one GPU ("Duplicate GPU detected"), which auto would pick
+# for workers that share GPUs; ring all-reduce works there.
+SHARED_GPU_FLAGS = ('--collective_communication=ring',)
+
+
+def worker_flags(train_flags: Sequence[str], gpus_shared: bool = False) -> list:
+  """The training flags with --strategy=multi_worker (added if absent) and, when workers
+  share GPUs, SHARED_GPU_FLAGS first, so a choice of the user's (later) wins."""
+  flags = [*(SHARED_GPU_FLAGS if gpus_shared else ()), *train_flags]
   for i, flag in enumerate(flags):
     if flag == '--strategy' and i + 1 < len(flags):
       value = flags[i + 1]
@@ -86,12 +94,16 @@ def describe_exit(returncode: int) -> str:
 
 def launch(num_workers: int, train_flags: Sequence[str], host: str = '127.0.0.1',
            stop_grace_seconds: float = 10.0, script: str = TRAIN_SCRIPT,
-           out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+           out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+           node_gpus: Optional[int] = None) -> int:
   """Runs the workers to the end. Returns 0 if all succeed, else the first failed
-  worker's exit code (128 + N if signal N killed it)."""
+  worker's exit code (128 + N if signal N killed it). `node_gpus`: this node's GPU
+  count (default: `gpu.node_gpu_count()`)."""
   if num_workers < 1:
     raise errors.ConfigError(f'--num_workers must be >= 1, got {num_workers}.')
-  flags = worker_flags(train_flags)
+  gpu_slots = gpu.gpu_slots(num_workers,
+                            gpu.node_gpu_count() if node_gpus is None else node_gpus)
+  flags = worker_flags(train_flags, gpu_slots.shared)
   addresses = [f'{host}:{port}' for port in free_ports(num_workers, host)]
   lock = threading.Lock()
 
@@ -99,15 +111,18 @@ def launch(num_workers: int, train_flags: Sequence[str], host: str = '127.0.0.1'
     with lock:
       print(f'[launch] {line}', file=err, flush=True)
 
+  if gpu_slots.notice:
+    log(gpu_slots.notice)
   workers = []
   for index, address in enumerate(addresses):
     env = {**os.environ, cluster.TF_CONFIG_ENV: cluster.tf_config(addresses, index),
-           'PYTHONUNBUFFERED': '1'}
+           'PYTHONUNBUFFERED': '1', **gpu_slots.env_changes(index)}
     process = subprocess.Popen([sys.executable, script, *flags], env=env, text=True,
                                errors='replace', stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     workers.append(Worker(index, address, process))
-    log(f'started {workers[-1].name}')
+    gpus = gpu_slots.visible_devices[index]
+    log(f'started {workers[-1].name}' + (f' on GPU(s) {gpus}' if gpus else ''))
   readers = [threading.Thread(target=_stream, args=(pipe, target, f'[worker {w.index}] ', lock),
                               daemon=True)
              for w in workers

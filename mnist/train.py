@@ -22,6 +22,7 @@ import tensorflow as tf
 from mnist import checkpoints
 from mnist import config as config_lib
 from mnist import data
+from mnist import device_input
 from mnist import distribute
 from mnist import errors
 from mnist import hardware
@@ -407,6 +408,7 @@ class _Run:
   machine: dict
   chief: bool
   tally: '_Tally'
+  device_batches: Optional[device_input.DeviceBatches] = None  # --input_on_device.
 
   @property
   def steps_per_epoch(self) -> int:
@@ -533,7 +535,10 @@ def _set_up(config: config_lib.TrainConfig, datasets_override: Optional[data.Spl
              test_dataset=test_dataset, epoch_eval_dataset=epoch_eval_dataset,
              epoch_eval_split=epoch_eval_split, train_writer=train_writer,
              eval_writer=eval_writer, extras=extras, provenance=record, machine=machine,
-             chief=chief, tally=_Tally(restored))
+             chief=chief, tally=_Tally(restored),
+             device_batches=device_input.DeviceBatches(
+                 splits.train.cache(), splits.num_train, config.batch_size, config.seed,
+                 distribute.default_device()) if config.input_on_device else None)
   logging.info('Training %s on %s (%d examples, %d steps/epoch) with %s, %d replica(s), '
                'batch %d, %s.', state.model.name, config.dataset, splits.num_train,
                run.steps_per_epoch, type(strategy).__name__, strategy.num_replicas_in_sync,
@@ -550,9 +555,12 @@ def _train_epoch(run: _Run, stop_signals: _StopSignals):
   total_steps = config.epochs * steps_per_epoch
   epoch = int(state.epoch)
   done_in_epoch = int(state.step) - epoch * steps_per_epoch
-  iterator = iter(distribute.distribute_dataset(run.strategy, data.train_pipeline(
-      run.splits.train.cache(), run.splits.num_train, config.batch_size, config.seed,
-      epoch, skip_batches=done_in_epoch)))
+  if run.device_batches:
+    iterator = run.device_batches.start_epoch(epoch, skip_batches=done_in_epoch)
+  else:
+    iterator = iter(distribute.distribute_dataset(run.strategy, data.train_pipeline(
+        run.splits.train.cache(), run.splits.num_train, config.batch_size, config.seed,
+        epoch, skip_batches=done_in_epoch)))
   window_totals, window_skipped = tf.zeros([3]), 0
   window_start = time.perf_counter()
 

@@ -22,6 +22,7 @@ def main(argv):
   cli.set_up_cluster(config.train)  # multi_worker: $TF_CONFIG, else from srun.
   if config.baseline and not config.role:
     runtime.check_precision(config.runtime, config.train.mixed_precision)  # As children do.
+    runtime.check_devices_in_child(config.runtime)  # Refused on a GPU node without GPUs.
     from mnist.benchmark import ab  # pylint: disable=g-import-not-at-top
     command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
     result = ab.run(config, command)  # TensorFlow loads in the children only.

@@ -37,6 +37,8 @@ def main(argv):
   del argv
   config, runtime_config = cli.train_config_from_flags(), cli.runtime_config_from_flags()
   runtime.check_precision(runtime_config, config.mixed_precision)  # Up front, as the flags.
+  # A GPU node where TensorFlow lists no GPU: refused now, not in every seed's process.
+  runtime.check_devices_in_child(runtime_config)
   recipe = cli.config_to_flags(config) + runtime.to_flags(runtime_config)
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix='speedrun_')
   print(f'speedrun: {FLAGS.seeds} seeds of {" ".join(recipe)}; workdir {workdir}',

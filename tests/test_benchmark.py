@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from mnist import config as config_lib
+from mnist import distribute
 from mnist import errors
 from mnist import hardware
 from mnist import runtime
@@ -95,7 +96,8 @@ def _config(**changes):
     {'synthetic_data': True},
     {'synthetic_data': True, 'train': {'strategy': 'mirrored', 'cpu_devices': 2}},
     {'input_only': True, 'train': {'steps_per_loop': 2}},
-], ids=['ours', 'synthetic', 'synthetic_mirrored', 'input_only'])
+    {'train': {'input_on_device': True}},
+], ids=['ours', 'synthetic', 'synthetic_mirrored', 'input_only', 'input_on_device'])
 @pytest.mark.slow
 def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
   config = _config(**changes)
@@ -119,6 +121,9 @@ def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
   out = capsys.readouterr().out
   assert out.index('Benchmark settings') < out.index('window 1/2') < out.index('median')
   assert f'  hardware   {settings["hardware"]["summary"]}\n' in out
+  assert settings['data'] == ('device' if config.train.input_on_device else
+                              'input_only' if config.input_only else
+                              'synthetic' if config.synthetic_data else 'tfds')
   if config.input_only:  # No model: nothing to be relative to.
     assert result['model_flops_per_image'] is None and result['fraction_of_ceiling'] is None
     assert '  ceiling    none (no model)' in out
@@ -130,6 +135,18 @@ def test_windows_report_every_statistic_as_json(changes, capsys, mirrored2):
 
 
 @pytest.mark.slow
+def test_the_synthetic_batch_is_placed_on_the_replicas_devices(mirrored2):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for strategy, devices in [(tf.distribute.get_strategy(), [distribute.default_device()]),
+                            (mirrored2, mirrored2.extended.worker_devices)]:
+    images, _ = measure.synthetic_batch(strategy, 8, synthetic_splits(), seed=0)
+    parts = strategy.experimental_local_results(images)
+    where = lambda name: (tf.DeviceSpec.from_string(name).device_type,
+                          tf.DeviceSpec.from_string(name).device_index)
+    assert [where(p.device) for p in parts] == [where(d) for d in devices]
+    assert sum(p.shape[0] for p in parts) == 8
+
+
 def test_the_ceiling_is_measured_in_the_compute_dtype(capsys):
   config = _config(synthetic_data=True, train={'mixed_precision': 'mixed_bfloat16'})
   result = measure.run(config, datasets_override=synthetic_splits())
@@ -164,12 +181,14 @@ def test_epochs_mode_times_whole_epochs(role, capsys):
   assert 'epoch 2/2: 8 steps' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize('jit_compile', [False, True])
 @pytest.mark.slow
-def test_keras_fit_role_times_windows_in_process(capsys):
-  result = measure.run(_config(role='keras_fit', window_steps=5),
-                         datasets_override=synthetic_splits())
+def test_keras_fit_role_times_windows_in_process(capsys, jit_compile):
+  result = measure.run(_config(role='keras_fit', window_steps=5,
+                               train={'jit_compile': jit_compile}),
+                       datasets_override=synthetic_splits())
   assert len(result['window_seconds']) == 2 and STATS_KEYS <= set(result)
-  assert isinstance(result['settings']['xla'], bool)  # What compile's 'auto' resolved to.
+  assert result['settings']['xla'] is jit_compile  # Ours's setting, not compile's 'auto'.
   # 2 warm-up + 2 x 5 steps cross the 8-step epoch end in window 2.
   assert result['windows_opening_an_epoch'] == [2]
   assert 'model.fit' in capsys.readouterr().out

@@ -81,6 +81,48 @@ def test_strategy_flag_is_added_or_must_be_multi_worker():
   assert len(set(ports)) == 3
 
 
+def test_workers_sharing_gpus_default_to_ring_and_a_users_choice_wins():
+  """NCCL refuses two ranks on one GPU, so shared GPUs get ring, first: absl takes the
+  last value, so the user's own --collective_communication (or flagfile) wins."""
+  assert launch.worker_flags(['--epochs=1'], gpus_shared=True) == [
+      '--collective_communication=ring', '--epochs=1', '--strategy=multi_worker']
+  assert launch.worker_flags(['--collective_communication=nccl'], gpus_shared=True)[-2:] == [
+      '--collective_communication=nccl', '--strategy=multi_worker']
+  assert launch.worker_flags(['--epochs=1'], gpus_shared=False) == [
+      '--epochs=1', '--strategy=multi_worker']
+
+
+GPU_REPORTING_WORKER = textwrap.dedent('''\
+    import json, os, sys
+    index = json.loads(os.environ['TF_CONFIG'])['task']['index']
+    print('worker', index, 'sees', os.environ.get('CUDA_VISIBLE_DEVICES', 'all'),
+          'flags', ' '.join(sys.argv[1:]), flush=True)
+''')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('node_gpus, sees, first_flags, notice', [
+    (4, ['0,1', '2,3'], '--epochs=1', None),
+    (1, ['0', '0'], '--collective_communication=ring --epochs=1', 'share 1 GPU(s)'),
+    (0, ['all', 'all'], '--epochs=1', None),
+])
+def test_each_worker_gets_its_own_gpus(tmp_path, monkeypatch, node_gpus, sees, first_flags,
+                                       notice):
+  monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+  script = tmp_path / 'gpu_worker.py'
+  script.write_text(GPU_REPORTING_WORKER)
+  out, err = io.StringIO(), io.StringIO()
+  assert launch.launch(2, ['--epochs=1'], script=str(script), out=out, err=err,
+                       node_gpus=node_gpus) == 0, err.getvalue()
+  for index, visible in enumerate(sees):
+    assert (f'[worker {index}] worker {index} sees {visible} flags {first_flags} '
+            '--strategy=multi_worker') in out.getvalue()
+  if notice:
+    assert f'[launch] 2 processes {notice}' in err.getvalue()
+  else:
+    assert 'GPU(s)' not in err.getvalue().replace('on GPU(s)', '')
+
+
 # --- Real workers on MNIST -------------------------------------------------------------
 
 FLAGS = ["--train_split=train[:2560]", '--epochs=1', '--batch_size=128',

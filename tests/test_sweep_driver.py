@@ -1,6 +1,9 @@
 """scripts/sweep.py as a user runs it: bad variants refused before anything starts; a
 real sweep interrupted with SIGINT, rerun to the end without repeating finished runs,
-reported, and listed run by run in a real TensorBoard's HParams dashboard."""
+reported, and listed run by run in a real TensorBoard's HParams dashboard. And the
+driver over the TensorFlow-free stand-in for train.py: runs whose results.json lacks
+the metric are reported as such and completed by a rerun."""
+import functools
 import glob
 import json
 import os
@@ -11,7 +14,12 @@ import sys
 import pytest
 
 from conftest import REPO
+from mnist import provenance
+from mnist.sweep import driver
+from mnist.sweep import runner
+from mnist.sweep import spec
 import tensorboard_server
+from test_sweep_runner import FAKE_TRAIN
 
 SWEEP = os.path.join(REPO, 'scripts', 'sweep.py')
 GUARD_SECONDS = 900  # A hung sweep fails the test instead of the CI run.
@@ -108,3 +116,48 @@ def test_interrupted_sweep_resumes_reports_and_shows_in_tensorboard(tmp_path, ma
       assert group['hparams']['seed'] == results[session]['config']['seed']
       assert group['hparams']['code_version'] == results[session]['provenance'][
           'code_version']
+
+
+@pytest.mark.slow
+def test_runs_without_the_metric_are_named_and_a_rerun_completes_them(tmp_path,
+                                                                       monkeypatch):
+  sweep_dir = str(tmp_path / 'sweep')
+  fake_train = tmp_path / 'fake_train.py'
+  fake_train.write_text(FAKE_TRAIN)
+  sweep = spec.build(['--epochs=1'], ['learning_rate=1e-3,3e-3'], [], range(2))
+  assert sweep.metric == 'test_accuracy'  # No --validation_split.
+  code = provenance.Code(source='git checkout /repo', commit='a' * 40, dirty=False)
+  lines = []
+  run_sweep = functools.partial(
+      driver.run, sweep, sweep_dir, code=code, log=lambda line, **unused: lines.append(line),
+      run_jobs=functools.partial(runner.run_jobs, script=str(fake_train)))
+
+  # Issue #29: each run exits 0 with a results.json that lacks the metric (train.py
+  # resumed after its last checkpoint with nothing to train, under the old code).
+  monkeypatch.setenv('FAKE_TRAIN_BEHAVIOUR', 'no_metric')
+  with pytest.raises(driver.RunsFailedError) as raised:
+    run_sweep()
+  lacking = 'exited 0 but its results.json has no test_accuracy'
+  first = os.path.join(sweep_dir, 'learning_rate=1e-3/seed0.log')
+  assert str(raised.value).startswith(
+      f'4 of 4 runs failed: learning_rate=1e-3/seed0 ({lacking}, log {first}); ')
+  assert 'exit 0' not in str(raised.value)
+  assert f'learning_rate=3e-3/seed1: INCOMPLETE: {lacking}; a rerun of the sweep ' \
+         'resumes it to complete the record; log: ' in '\n'.join(lines)
+
+  # The rerun (train.py now completes the record) starts each of them again.
+  monkeypatch.delenv('FAKE_TRAIN_BEHAVIOUR')
+  lines.clear()
+  report = run_sweep()
+  assert report['failed'] == []
+  assert [(row['variant'], row['seeds']) for row in report['rows']] == [
+      ('learning_rate=1e-3', 2), ('learning_rate=3e-3', 2)]
+  assert report['rows'][0]['per_seed'] == {'0': 0.0, '1': 0.1}
+  for job in driver.jobs(sweep, sweep_dir):
+    with open(job.log_path) as f:
+      assert len([line for line in f if line.startswith('$ ')]) == 2
+  assert not any('skipped' in line for line in lines)
+
+  lines.clear()  # Complete now: a third run of the sweep starts nothing.
+  run_sweep()
+  assert sum(line.endswith(': finished earlier, skipped') for line in lines) == 4

@@ -53,10 +53,24 @@ def test_failed_runs_are_listed_and_pairing_uses_the_common_seeds(sweep, tmp_pat
   report = report_lib.build(sweep, _outcomes(sweep, tmp_path,
                                              missing={'learning_rate=3e-3/seed1'}))
   assert report['failed'] == [{'run': 'learning_rate=3e-3/seed1', 'returncode': 3,
+                               'reason': 'exit 3',
                                'log': str(tmp_path / 'learning_rate=3e-3/seed1.log')}]
   better = report['rows'][1]
   assert better['seeds'] == 2 and better['paired_seeds'] == 2
   assert 'Failed: learning_rate=3e-3/seed1 (exit 3)' in report_lib.markdown(report)
+
+
+def test_a_run_exiting_0_without_the_metric_is_reported_as_such(sweep, tmp_path):
+  # Issue #29: resumed with nothing left to train, it wrote results without its metric.
+  outcomes = _outcomes(sweep, tmp_path)
+  lacking = outcomes[4]
+  outcomes[4] = dataclasses.replace(lacking, results={'train_seconds': 3.0})
+  report = report_lib.build(sweep, outcomes)
+  reason = 'exited 0 but its results.json has no validation_accuracy'
+  assert [(f['run'], f['returncode'], f['reason']) for f in report['failed']] == [
+      (lacking.job.name, 0, reason)]
+  assert report['rows'][1]['seeds'] == 2
+  assert f'Failed: {lacking.job.name} ({reason}); log: ' in report_lib.markdown(report)
 
 
 def test_report_files_markdown_csv_json_and_png(sweep, tmp_path):

@@ -11,18 +11,25 @@ import pytest
 from mnist import errors
 from mnist.sweep import runner
 
-# Takes train.py's flags; --behaviour and --seconds say what to do. On SIGTERM it
-# writes a checkpoint marker and exits 75, as training does.
+# Takes train.py's flags; --behaviour (or FAKE_TRAIN_BEHAVIOUR, for sweeps, whose flags
+# must be train.py's) and --seconds say what to do. On SIGTERM it writes a checkpoint
+# marker and exits 75, as training does. no_metric: exits 0 with a results.json without
+# test_accuracy, as train.py did when resumed after its last checkpoint (issue #29).
 FAKE_TRAIN = textwrap.dedent('''
     import json, os, signal, sys, time
     flags = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)
+    behaviour = flags.get('behaviour', os.environ.get('FAKE_TRAIN_BEHAVIOUR'))
     model_dir = flags['model_dir']
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, 'starts'), 'a') as f:
       f.write(json.dumps({'cpus': sorted(os.sched_getaffinity(0)),
                           'argv': sys.argv[1:]}) + '\\n')
-    if flags.get('behaviour') == 'fail':
+    if behaviour == 'fail':
       sys.exit(3)
+    if behaviour == 'no_metric':
+      with open(os.path.join(model_dir, 'results.json'), 'w') as f:
+        json.dump({'train_seconds': 1.0}, f)
+      sys.exit(0)
     stop = []
     signal.signal(signal.SIGTERM, lambda *unused: stop.append(1))
     deadline = time.time() + float(flags.get('seconds', '0'))
@@ -43,8 +50,15 @@ def fake_train(tmp_path):
   return str(path)
 
 
-def _job(tmp_path, name, *flags):
-  return runner.Job(name, str(tmp_path / name), tuple(flags), str(tmp_path / f'{name}.log'))
+def _job(tmp_path, name, *flags, required_result=None):
+  return runner.Job(name, str(tmp_path / name), tuple(flags), str(tmp_path / f'{name}.log'),
+                    required_result)
+
+
+def _write_results(job, results):
+  os.makedirs(job.model_dir, exist_ok=True)
+  with open(os.path.join(job.model_dir, 'results.json'), 'w') as f:
+    json.dump(results, f)
 
 
 def _starts(job):
@@ -124,3 +138,43 @@ def test_sigint_stops_running_children_cleanly_and_starts_no_more(tmp_path, fake
     assert os.path.exists(os.path.join(job.model_dir, 'checkpoint'))
   assert _starts(jobs[2]) == []
   assert 'a, b, c' in str(raised.value)
+
+
+def test_a_results_json_finishes_a_job_only_with_its_required_result(tmp_path):
+  needs_metric = _job(tmp_path, 'a', required_result='test_accuracy')
+  assert runner.is_complete(needs_metric, {'test_accuracy': 0.9, 'train_seconds': 1.0})
+  assert not runner.is_complete(needs_metric, {'train_seconds': 1.0})
+  assert not runner.is_complete(needs_metric, {'test_accuracy': None})
+  assert not runner.is_complete(needs_metric, None)
+  assert runner.is_complete(_job(tmp_path, 'b'), {'train_seconds': 1.0})  # Any record.
+  incomplete = runner.Outcome(needs_metric, 0, {'train_seconds': 1.0}, 2.0)
+  assert incomplete.incomplete and not incomplete.finished
+  failed = runner.Outcome(needs_metric, 3, None, 2.0)
+  assert not failed.incomplete and not failed.finished
+
+
+@pytest.mark.slow
+def test_a_run_whose_results_lack_the_metric_is_started_again_not_skipped(tmp_path,
+                                                                          fake_train):
+  # Issue #29: interrupted after its last checkpoint, resumed with nothing to train, it
+  # wrote a results.json without its metric; a complete neighbour is still skipped.
+  lacking = _job(tmp_path, 'lacking', '--seed=2', required_result='test_accuracy')
+  complete = _job(tmp_path, 'complete', '--seed=1', required_result='test_accuracy')
+  _write_results(lacking, {'train_seconds': 9.0})
+  _write_results(complete, {'test_accuracy': 0.5, 'train_seconds': 9.0})
+  outcomes = runner.run_jobs([lacking, complete], script=fake_train)
+  assert len(_starts(lacking)) == 1 and _starts(complete) == []
+  assert not outcomes[0].skipped and outcomes[0].finished
+  assert outcomes[0].results['test_accuracy'] == 0.2  # The record, completed.
+  assert outcomes[1].skipped and outcomes[1].results['test_accuracy'] == 0.5
+
+
+@pytest.mark.slow
+def test_a_run_exiting_0_without_the_metric_is_incomplete(tmp_path, fake_train):
+  job = _job(tmp_path, 'a', '--seed=1', '--behaviour=no_metric',
+             required_result='test_accuracy')
+  outcome, = runner.run_jobs([job], script=fake_train)
+  assert (outcome.returncode, outcome.results) == (0, {'train_seconds': 1.0})
+  assert outcome.incomplete and not outcome.finished and not outcome.skipped
+  stopped = runner.preempted_error('SIGINT', [job], {job: outcome})
+  assert 'stopped 1 unfinished run(s) (a)' in str(stopped)  # Not taken for finished.

@@ -119,6 +119,30 @@ def test_array_skips_finished_runs_and_reports_each_outcome(tmp_path, fake_train
 
 
 @pytest.mark.slow
+def test_array_resubmits_a_run_whose_results_lack_the_metric(tmp_path, fake_train,
+                                                             slurm_env):
+  # Issue #29: resumed after its last checkpoint with nothing to train, it wrote a
+  # results.json without its metric. Unfinished: submitted again; a complete run is not.
+  lacking, complete = [
+      runner.Job(name, str(tmp_path / name), (f'--seed={seed}',),
+                 str(tmp_path / f'{name}.log'), required_result='test_accuracy')
+      for name, seed in (('lacking', 2), ('complete', 1))]
+  for job, results in ((lacking, {'train_seconds': 9.0}),
+                       (complete, {'test_accuracy': 0.5, 'train_seconds': 9.0})):
+    os.makedirs(job.model_dir)
+    with open(os.path.join(job.model_dir, 'results.json'), 'w') as f:
+      json.dump(results, f)
+  outcomes = slurm.run_jobs([lacking, complete], parallel=2,
+                            work_dir=str(tmp_path / 'slurm'), script=fake_train,
+                            poll_seconds=0.2)
+  with open(tmp_path / 'slurm' / 'array-1.json') as f:
+    assert [row['name'] for row in json.load(f)['runs']] == ['lacking']
+  assert len(_starts(lacking)) == 1 and _starts(complete) == []
+  assert outcomes[0].finished and outcomes[0].results['test_accuracy'] == 0.2
+  assert outcomes[1].skipped
+
+
+@pytest.mark.slow
 def test_sigint_cancels_the_array_and_running_tasks_checkpoint(tmp_path, fake_train,
                                                                slurm_env):
   jobs = [_job(tmp_path, name, '--seed=1', '--seconds=120') for name in ('a', 'b', 'c')]

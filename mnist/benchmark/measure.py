@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from mnist import config as config_lib
 from mnist import data
+from mnist import device_input
 from mnist import distribute
 from mnist import errors
 from mnist import hardware
@@ -40,6 +41,7 @@ def run(config: benchmark_config.BenchmarkConfig,
   config = config.replace(train=hardware.resolve_auto(config.validate().train))
   tc = config.train
   runtime.apply_threading(config.runtime)
+  runtime.apply_devices(config.runtime)  # A GPU node without TensorFlow's GPUs: refused.
   if tc.deterministic:  # As training does.
     tf.config.experimental.enable_op_determinism()
   strategy = strategy_override or distribute.strategy_from_config(tc)  # As training does.
@@ -79,9 +81,13 @@ def _measure_ours(config, strategy, splits, steps_per_epoch):
   tc = config.train
   if config.input_only:
     step_fn, limit = make_input_steps(strategy), None
+    wait = lambda out: tf.nest.flatten(out)[0].numpy()  # The count of the steps' images.
   else:
     state = train.create_state(tc, splits, strategy)
     step_fn = train.train_steps_for(tc, state, strategy)
+    # The clock stops after the optimizer's last update, not at the loss sums, which an
+    # asynchronous device (a GPU stream) can hand back before the update has run.
+    wait = lambda out: state.optimizer.iterations.numpy()
     # Sharpness-aware minimisation takes two gradients per step.
     limit = machine_limit(state.model, config, strategy, passes=2 if tc.sam_rho > 0 else 1)
   settings = benchmark_report.describe(config, strategy, splits, steps_per_epoch,
@@ -90,16 +96,22 @@ def _measure_ours(config, strategy, splits, steps_per_epoch):
   if config.synthetic_data:
     batch = synthetic_batch(strategy, tc.batch_size, splits, tc.seed)
     make_feed = lambda first_epoch: _SyntheticFeed(batch)
+  elif tc.input_on_device:  # Copied to the device once, before the warm-up.
+    batches = device_input.DeviceBatches(splits.train.cache(), splits.num_train,
+                                         tc.batch_size, tc.seed, distribute.default_device())
+    make_feed = lambda first_epoch: _EpochFeed(
+        lambda epoch: batches.start_epoch(epoch), steps_per_epoch, first_epoch)
   else:
     cached = splits.train.cache()
-    make_feed = lambda first_epoch: _EpochFeed(strategy, cached, splits.num_train,
-                                               tc.batch_size, tc.seed, steps_per_epoch,
-                                               first_epoch)
+    make_feed = lambda first_epoch: _EpochFeed(
+        lambda epoch: iter(strategy.experimental_distribute_dataset(data.train_pipeline(
+            cached, splits.num_train, tc.batch_size, tc.seed, epoch))),
+        steps_per_epoch, first_epoch)
   if config.epochs_mode:
-    seconds = _time_epochs(step_fn, make_feed, config.warmup_steps, tc.epochs,
+    seconds = _time_epochs(step_fn, wait, make_feed, config.warmup_steps, tc.epochs,
                            steps_per_epoch, tc.steps_per_loop)
   else:
-    seconds = _time_windows(step_fn, make_feed(0), config.warmup_steps,
+    seconds = _time_windows(step_fn, wait, make_feed(0), config.warmup_steps,
                             config.window_steps, config.num_windows, tc.steps_per_loop)
   return settings, limit, seconds
 
@@ -126,20 +138,18 @@ def _measure_keras_fit(config, strategy, splits, steps_per_epoch):
 # Feeds: where each tf.function call's iterator comes from.
 
 class _EpochFeed:
-  """Epochs of the training pipeline, one distributed iterator each, as training opens them."""
+  """Epochs of training input, one iterator each (`open_epoch(epoch)`: the distributed
+  pipeline's, or --input_on_device's batches), as training opens them."""
 
-  def __init__(self, strategy, cached, num_examples, batch_size, seed, steps_per_epoch,
-               first_epoch=0):
-    self._args = (strategy, cached, num_examples, batch_size, seed)
+  def __init__(self, open_epoch, steps_per_epoch, first_epoch=0):
+    self._open_epoch = open_epoch
     self._steps_per_epoch = steps_per_epoch
     self._epoch, self._left, self._iterator = first_epoch, 0, None
 
   def chunk(self, max_steps):
     """(iterator, steps to run from it): never past an epoch's end."""
     if not self._left:
-      strategy, cached, num_examples, batch_size, seed = self._args
-      self._iterator = iter(strategy.experimental_distribute_dataset(
-          data.train_pipeline(cached, num_examples, batch_size, seed, self._epoch)))
+      self._iterator = self._open_epoch(self._epoch)
       self._epoch += 1
       self._left = self._steps_per_epoch
     steps = min(max_steps, self._left)
@@ -174,7 +184,13 @@ def synthetic_batch(strategy, batch_size, splits, seed):
   labels = tf.random.stateless_uniform((batch_size,), seed=(seed, 2), minval=0,
                                        maxval=splits.num_classes, dtype=tf.int32)
   dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
-  return next(iter(strategy.experimental_distribute_dataset(dataset)))
+  batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+  if not isinstance(batch[0], tf.distribute.DistributedValues):
+    # The default strategy: the iterator hands back host tensors, which every step
+    # would copy to a GPU again. Copied once, onto the device its ops run on.
+    with tf.device(distribute.default_device()):
+      batch = tf.nest.map_structure(tf.identity, batch)
+  return batch
 
 
 def make_input_steps(strategy):
@@ -196,32 +212,35 @@ def make_input_steps(strategy):
 
 # Timing.
 
-def _run_steps(step_fn, feed, num_steps, steps_per_loop):
-  """Runs num_steps steps in calls of at most steps_per_loop, then waits for them."""
+def _run_steps(step_fn, wait, feed, num_steps, steps_per_loop):
+  """Runs num_steps steps in calls of at most steps_per_loop, then waits for them:
+  `wait(the last call's outputs)` returns once its steps are done."""
   out = None
   while num_steps:
     iterator, steps = feed.chunk(min(steps_per_loop, num_steps))
     out = step_fn(iterator, tf.constant(steps))
     num_steps -= steps
-  tf.nest.flatten(out)[0].numpy()  # One call's outputs: the steps before it are done.
+  wait(out)
 
 
-def _time_windows(step_fn, feed, warmup_steps, window_steps, num_windows, steps_per_loop):
-  _run_steps(step_fn, feed, warmup_steps, steps_per_loop)
+def _time_windows(step_fn, wait, feed, warmup_steps, window_steps, num_windows,
+                  steps_per_loop):
+  _run_steps(step_fn, wait, feed, warmup_steps, steps_per_loop)
   seconds = []
   for _ in range(num_windows):
     start = time.perf_counter()
-    _run_steps(step_fn, feed, window_steps, steps_per_loop)
+    _run_steps(step_fn, wait, feed, window_steps, steps_per_loop)
     seconds.append(time.perf_counter() - start)
   return seconds
 
 
-def _time_epochs(step_fn, make_feed, warmup_steps, epochs, steps_per_epoch, steps_per_loop):
+def _time_epochs(step_fn, wait, make_feed, warmup_steps, epochs, steps_per_epoch,
+                 steps_per_loop):
   """Wall time of whole epochs, each from opening its iterator to its last step."""
-  _run_steps(step_fn, make_feed(0), warmup_steps, steps_per_loop)
+  _run_steps(step_fn, wait, make_feed(0), warmup_steps, steps_per_loop)
   seconds = []
   for epoch in range(epochs):
     start = time.perf_counter()
-    _run_steps(step_fn, make_feed(epoch), steps_per_epoch, steps_per_loop)
+    _run_steps(step_fn, wait, make_feed(epoch), steps_per_epoch, steps_per_loop)
     seconds.append(time.perf_counter() - start)
   return seconds

@@ -26,8 +26,10 @@ def describe(config, strategy, splits, steps_per_epoch, xla) -> dict:
   tc, replicas = config.train, strategy.num_replicas_in_sync
   if config.input_only:
     data_kind = 'input_only'
+  elif config.synthetic_data:
+    data_kind = 'synthetic'
   else:
-    data_kind = 'synthetic' if config.synthetic_data else 'tfds'
+    data_kind = 'device' if tc.input_on_device and config.role != 'keras_fit' else 'tfds'
   cpu, gpus = hardware.cpu(), hardware.gpus()
   settings = {
       'role': config.role or 'ours',
@@ -70,6 +72,8 @@ def print_settings(s: dict, limit: Optional[dict]):
     what = 'the input pipeline alone: no model, no train step'
   data_text = {'tfds': 'the tf.data training pipeline (data.train_pipeline)',
                'synthetic': 'synthetic: one random batch on the device, repeated',
+               'device': 'the training split on the device, batches gathered there in '
+                         'the pipeline\'s order (--input_on_device)',
                'input_only': 'input only: the tf.data pipeline, no model'}[s['data']]
   if s['mode'] == 'epochs':
     mode = f'{s["warmup_steps"]} warmup steps, then {s["epochs"]} timed epochs'

@@ -18,9 +18,10 @@ class RunsFailedError(errors.Error):
 
 def jobs(sweep: spec_lib.Sweep, sweep_dir: str) -> list:
   """One job per run: model_dir SWEEP_DIR/VARIANT/seedS, its log beside it."""
+  # A run is finished once its results.json holds the metric the sweep compares.
   return [runner.Job(run.name, os.path.join(sweep_dir, run.name),
                      tuple(sweep.train_flags(run)),
-                     os.path.join(sweep_dir, f'{run.name}.log'))
+                     os.path.join(sweep_dir, f'{run.name}.log'), sweep.metric)
           for run in sweep.runs()]
 
 
@@ -41,13 +42,17 @@ def run(sweep: spec_lib.Sweep, sweep_dir: str, parallel: int = 1, log=print,
   def on_done(outcome: runner.Outcome):
     if outcome.skipped:
       log(f'{outcome.job.name}: finished earlier, skipped', flush=True)
-    elif outcome.results is not None:
+    elif outcome.finished:
       r = outcome.results
       log(f'{outcome.job.name}: {sweep.metric} {r.get(sweep.metric)}  train '
           f'{r["train_seconds"]:.1f}s  process {outcome.process_seconds:.1f}s', flush=True)
     elif outcome.stopped:
       log(f'{outcome.job.name}: stopped (exit {outcome.returncode}); it resumes when the '
           'sweep is rerun', flush=True)
+    elif outcome.incomplete:
+      log(f'{outcome.job.name}: INCOMPLETE: {report_lib.failure_reason(outcome)}; a rerun '
+          f'of the sweep resumes it to complete the record; log: {outcome.job.log_path}',
+          flush=True)
     else:
       log(f'{outcome.job.name}: FAILED (exit {outcome.returncode}); log: '
           f'{outcome.job.log_path}', flush=True)
@@ -62,7 +67,7 @@ def run(sweep: spec_lib.Sweep, sweep_dir: str, parallel: int = 1, log=print,
   if report['failed']:
     raise RunsFailedError(
         f'{len(report["failed"])} of {len(all_jobs)} runs failed: ' +
-        '; '.join(f'{f["run"]} (exit {f["returncode"]}, log {f["log"]})'
-                  for f in report['failed']) +
-        '. The report covers the others; rerun the same command to retry the failed runs.')
+        '; '.join(f'{f["run"]} ({f["reason"]}, log {f["log"]})' for f in report['failed']) +
+        '. The report covers the others; rerun the same command to retry the failed runs '
+        '(each resumes from its checkpoints).')
   return report

@@ -31,6 +31,7 @@ def build(sweep: spec_lib.Sweep, outcomes, sweep_record: Optional[dict] = None) 
       values[run_variant][int(seed)] = outcome.results
     else:
       failed.append({'run': outcome.job.name, 'returncode': outcome.returncode,
+                     'reason': failure_reason(outcome, sweep.metric),
                      'log': outcome.job.log_path})
   baseline = values[sweep.baseline]
   rows = []
@@ -69,6 +70,16 @@ def build(sweep: spec_lib.Sweep, outcomes, sweep_record: Optional[dict] = None) 
           'sweep_code_version': started,
           'code_changes_allowed': [c['code_version'] for c in
                                    (sweep_record or {}).get('code_changes', [])]}
+
+
+def failure_reason(outcome, metric: Optional[str] = None) -> str:
+  """Why a run has no value in the report: its exit code, or, when it wrote a
+  results.json without the metric (e.g. resumed after its last checkpoint with nothing
+  left to train, under code that did not complete the record), that it did."""
+  metric = metric or outcome.job.required_result
+  if outcome.results is not None and metric and outcome.results.get(metric) is None:
+    return f'exited {outcome.returncode} but its results.json has no {metric}'
+  return f'exit {outcome.returncode}'
 
 
 def _code_version(results: dict) -> str:
@@ -147,8 +158,7 @@ def markdown(report: dict) -> str:
         f'{_text(row.get("p_value"), 3)} | {verdict} | {_text(row.get("seeds_needed"))} | '
         f'{row.get("code", "")} |')
   for failure in report['failed']:
-    lines.append(f'\nFailed: {failure["run"]} (exit {failure["returncode"]}); log: '
-                 f'{failure["log"]}')
+    lines.append(f'\nFailed: {failure["run"]} ({failure["reason"]}); log: {failure["log"]}')
   return '\n'.join(lines) + '\n'
 
 

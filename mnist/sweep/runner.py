@@ -1,9 +1,10 @@
 """Runs scripts/train.py processes, N at a time, each pinned to its own share of the
 cores: the one mechanism for running training in processes (sweeps and speedrun).
 
-A run whose model_dir holds results.json is finished and skipped; any other is
-started with the same command, which resumes from its checkpoints. SIGINT/SIGTERM
-stop every child cleanly (they checkpoint and exit 75) and raise PreemptedError.
+A run whose model_dir holds a complete results.json (with the job's required_result)
+is finished and skipped; any other is started with the same command, which resumes
+from its checkpoints. SIGINT/SIGTERM stop every child cleanly (they checkpoint and exit
+75) and raise PreemptedError.
 """
 import dataclasses
 import json
@@ -15,7 +16,10 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
+from absl import logging
+
 from mnist import errors
+from mnist import gpu
 from mnist import launch
 
 RESULTS_FILE = 'results.json'
@@ -28,6 +32,11 @@ class Job:
   model_dir: str
   train_flags: tuple  # Without --model_dir, which the runner adds.
   log_path: str
+  # The results.json value the caller needs (a sweep's metric). A results.json without
+  # it is an incomplete record (a run interrupted between its last checkpoint and its
+  # results): the run is not finished, so it is started again, resumes from its
+  # checkpoints and completes the record. None: any results.json finishes the run.
+  required_result: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +50,22 @@ class Outcome:
   @property
   def skipped(self) -> bool:
     return self.process_seconds is None
+
+  @property
+  def finished(self) -> bool:
+    return is_complete(self.job, self.results)
+
+  @property
+  def incomplete(self) -> bool:
+    """Wrote a results.json that lacks the job's required_result."""
+    return self.results is not None and not self.finished
+
+
+def is_complete(job: Job, results: Optional[dict]) -> bool:
+  """Whether `results` (a results.json, or None) finish `job`."""
+  if results is None:
+    return False
+  return job.required_result is None or results.get(job.required_result) is not None
 
 
 def read_results(model_dir: str) -> Optional[dict]:
@@ -84,13 +109,22 @@ def command(job: Job, cpus: Optional[Sequence[int]] = None,
 
 def run_jobs(jobs: Sequence[Job], parallel: int = 1,
              on_done: Callable[[Outcome], None] = lambda outcome: None,
-             cpus: Optional[Sequence[int]] = None, script: str = launch.TRAIN_SCRIPT) -> list:
+             cpus: Optional[Sequence[int]] = None, script: str = launch.TRAIN_SCRIPT,
+             node_gpus: Optional[int] = None) -> list:
   """Runs every unfinished job, `parallel` at a time; returns an Outcome per job, in
   order. A failed job does not stop the others. SIGINT/SIGTERM: PreemptedError.
-  Tests pass another `script` that takes scripts/train.py's flags."""
+  Tests pass another `script` that takes scripts/train.py's flags, and `node_gpus`
+  (default: `gpu.node_gpu_count()`, asked only when runs go in parallel)."""
   outcomes = finished_earlier(jobs, on_done)
   pending = [job for job in jobs if job not in outcomes]
-  free = cpu_slots(parallel, cpus)
+  # Each slot: its cores and, the GPU analogue, its CUDA_VISIBLE_DEVICES (gpu.gpu_slots).
+  cpu_sets = cpu_slots(parallel, cpus)
+  if node_gpus is None:
+    node_gpus = gpu.node_gpu_count() if parallel > 1 else 0
+  gpu_sets = gpu.gpu_slots(len(cpu_sets), node_gpus)
+  if gpu_sets.notice:
+    logging.warning('%s', gpu_sets.notice)
+  free = [(cpu_set, gpu_sets.env_changes(index)) for index, cpu_set in enumerate(cpu_sets)]
   running = {}  # Popen -> (job, slot, start time)
   stop = StopRequest()
   try:
@@ -98,7 +132,8 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 1,
       while (pending and not stop.requested) or running:
         while pending and free and not stop.requested:
           job, slot = pending.pop(0), free.pop(0)
-          running[start(command(job, slot, script), job.log_path, slot)] = (
+          cpu_set, gpu_env = slot
+          running[start(command(job, cpu_set, script), job.log_path, cpu_set, gpu_env)] = (
               job, slot, time.monotonic())
         if stop.requested:
           stop.forward([p for p in running if p.poll() is None])
@@ -120,11 +155,12 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 1,
 
 
 def finished_earlier(jobs: Sequence[Job], on_done: Callable[[Outcome], None]) -> dict:
-  """{job: its skipped Outcome} for the jobs whose model_dir holds results.json."""
+  """{job: its skipped Outcome} for the jobs whose model_dir holds a complete
+  results.json; the others are (re)started."""
   outcomes = {}
   for job in jobs:
     results = read_results(job.model_dir)
-    if results is not None:
+    if is_complete(job, results):
       outcomes[job] = Outcome(job, 0, results, None)
       on_done(outcomes[job])
   return outcomes
@@ -133,20 +169,22 @@ def finished_earlier(jobs: Sequence[Job], on_done: Callable[[Outcome], None]) ->
 def preempted_error(signal_name: str, jobs: Sequence[Job],
                     outcomes: dict) -> errors.PreemptedError:
   unfinished = [job.name for job in jobs
-                if job not in outcomes or outcomes[job].results is None]
+                if job not in outcomes or not outcomes[job].finished]
   return errors.PreemptedError(
       f'Received {signal_name}: stopped {len(unfinished)} unfinished run(s) '
       f'({", ".join(unfinished)}); their checkpoints are kept. Rerun the same command '
       'to resume them; finished runs are not repeated.')
 
 
-def start(argv: Sequence[str], log_path: str,
-          cpus: Optional[Sequence[int]] = None) -> subprocess.Popen:
-  """Starts a run in its own session, its output appended to log_path after its
-  command line."""
+def start(argv: Sequence[str], log_path: str, cpus: Optional[Sequence[int]] = None,
+          env_changes: Optional[dict] = None) -> subprocess.Popen:
+  """Starts a run in its own session, with `env_changes` (its GPUs) in its environment,
+  its output appended to log_path after its command line."""
   os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+  env_changes = env_changes or {}
   with open(log_path, 'a') as log:  # A resumed run's log continues the first's.
-    log.write(f'$ {shlex.join(argv)}\n')
+    assignments = ''.join(f'{name}={shlex.quote(value)} ' for name, value in env_changes.items())
+    log.write(f'$ {assignments}{shlex.join(argv)}\n')
     log.flush()
 
     def set_up_child():
@@ -158,7 +196,8 @@ def start(argv: Sequence[str], log_path: str,
     # each child once, with SIGTERM.
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, preexec_fn=set_up_child,
-                            start_new_session=True)
+                            start_new_session=True,
+                            env={**os.environ, **env_changes} if env_changes else None)
 
 
 class StopRequest:
