@@ -3,9 +3,9 @@ uninterrupted run does: the same weights_sha256 and the same results.json but fo
 timings and provenance. Used by scripts/fault_check.py and the reliability tests.
 
 Kill moments: random ones (after the first checkpoint), and ones aimed at the moments
-a record is most easily lost (issue #29), found by watching the run's log: an epoch
-end (its last step's log line, then the eval pass and the checkpoint) and the end of
-the run (the final epoch's line, then the test pass and the results.json write).
+a record is most easily lost, found by watching the run's log: an epoch end (its last
+step's log line, then the eval pass and the checkpoint) and the end of the run (the
+final epoch's line, then the test pass and the results.json write).
 
 TensorFlow-free: it only starts and signals `scripts/train.py` processes.
 """

@@ -233,5 +233,5 @@ def test_fault_check_kills_at_an_epoch_end_and_before_the_results_write(tmp_path
   assert epoch_end.killed_after_step <= epoch_end.moment.step
   assert lines[1].startswith('trial 0: epoch end: ') and 'same weights' in lines[1]
   assert lines[2].startswith('trial 1: results write: ') and 'same weights' in lines[2]
-  for trial in trials:  # The whole record, not only the weights (issue #29).
+  for trial in trials:  # The whole record, not only the weights.
     assert trial.weights_match and trial.result_differences == [], lines

@@ -14,7 +14,7 @@ from mnist.sweep import runner
 # Takes train.py's flags; --behaviour (or FAKE_TRAIN_BEHAVIOUR, for sweeps, whose flags
 # must be train.py's) and --seconds say what to do. On SIGTERM it writes a checkpoint
 # marker and exits 75, as training does. no_metric: exits 0 with a results.json without
-# test_accuracy, as train.py did when resumed after its last checkpoint (issue #29).
+# test_accuracy, as train.py did when resumed after its last checkpoint.
 FAKE_TRAIN = textwrap.dedent('''
     import json, os, signal, sys, time
     flags = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)
