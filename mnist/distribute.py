@@ -88,7 +88,7 @@ def multi_worker_strategy(communication: str = 'auto', timeout_seconds: float = 
   task = cluster.parse_tf_config(os.environ.get(cluster.TF_CONFIG_ENV))
   # The worker's replicas run on its GPUs, or on its CPU when it has none.
   devices = tf.config.list_physical_devices('GPU') or tf.config.list_physical_devices('CPU')
-  if communication == 'nccl' and not tf.config.list_physical_devices('GPU'):
+  if communication == 'nccl' and devices[0].device_type != 'GPU':
     raise errors.ConfigError('--collective_communication=nccl needs GPUs and this machine '
                              'has none; use ring (or auto).')
   chosen = gpu.collective_communication(communication, [d.device_type for d in devices])

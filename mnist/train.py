@@ -394,6 +394,9 @@ class _Run:
   config: config_lib.TrainConfig
   strategy: tf.distribute.Strategy
   splits: data.Splits
+  # One cache for the run: each epoch's pipeline reads it; a new .cache() per epoch
+  # would read the split from its source again every epoch.
+  train_cached: tf.data.Dataset
   state: TrainState
   manager: '_ChiefCheckpointManager'
   train_steps: Callable
@@ -529,7 +532,8 @@ def _set_up(config: config_lib.TrainConfig, datasets_override: Optional[data.Spl
       os.path.join(config.model_dir, 'validation' if splits.validation else 'eval'))
   extras = summaries.start_run(config, state.model, strategy, splits, train_writer,
                                eval_writer, int(state.step), record)
-  run = _Run(config, strategy, splits, state, manager,
+  train_cached = splits.train.cache()
+  run = _Run(config, strategy, splits, train_cached, state, manager,
              train_steps=train_steps_for(config, state, strategy),
              eval_step=scoring.make_eval_step(state.model, strategy, splits.num_classes),
              test_dataset=test_dataset, epoch_eval_dataset=epoch_eval_dataset,
@@ -537,7 +541,7 @@ def _set_up(config: config_lib.TrainConfig, datasets_override: Optional[data.Spl
              eval_writer=eval_writer, extras=extras, provenance=record, machine=machine,
              chief=chief, tally=_Tally(restored),
              device_batches=device_input.DeviceBatches(
-                 splits.train.cache(), splits.num_train, config.batch_size, config.seed,
+                 train_cached, splits.num_train, config.batch_size, config.seed,
                  distribute.default_device()) if config.input_on_device else None)
   logging.info('Training %s on %s (%d examples, %d steps/epoch) with %s, %d replica(s), '
                'batch %d, %s.', state.model.name, config.dataset, splits.num_train,
@@ -559,7 +563,7 @@ def _train_epoch(run: _Run, stop_signals: _StopSignals):
     iterator = run.device_batches.start_epoch(epoch, skip_batches=done_in_epoch)
   else:
     iterator = iter(distribute.distribute_dataset(run.strategy, data.train_pipeline(
-        run.splits.train.cache(), run.splits.num_train, config.batch_size, config.seed,
+        run.train_cached, run.splits.num_train, config.batch_size, config.seed,
         epoch, skip_batches=done_in_epoch)))
   window_totals, window_skipped = tf.zeros([3]), 0
   window_start = time.perf_counter()
