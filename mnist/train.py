@@ -26,18 +26,14 @@ from mnist import device_input
 from mnist import distribute
 from mnist import errors
 from mnist import hardware
-from mnist import losses as losses_lib
 from mnist import model as model_lib
 from mnist import model_dir_lock
 from mnist import optim
 from mnist import provenance
-from mnist import randomness
 from mnist import run_record
 from mnist import scoring
 from mnist import summaries
-
-SUM = tf.distribute.ReduceOp.SUM
-
+from mnist import train_step
 
 @dataclasses.dataclass
 class TrainState:
@@ -73,125 +69,6 @@ def create_state(config: config_lib.TrainConfig, splits: data.Splits,
   return TrainState(model, optimizer, step=tf.Variable(0, dtype=tf.int64, name='step'),
                     epoch=tf.Variable(0, dtype=tf.int64, name='epoch'),
                     record=run_record.new_variable())
-
-
-def make_train_steps(state: TrainState, strategy: tf.distribute.Strategy,
-                     global_batch_size: int, jit_compile: bool = False,
-                     stop_on_nonfinite: bool = True, label_smoothing: float = 0.0,
-                     sam_rho: float = 0.0, seed: int = 0):
-  """Returns train_steps(iterator, num_steps) -> (summed [loss, correct, count] of the
-  applied steps, batches consumed, non-finite steps skipped).
-
-  A step whose loss or gradient norm is not finite is never applied. With
-  stop_on_nonfinite the loop ends at that batch (consumed < num_steps) so the
-  caller can name the step; otherwise it is skipped and counted. sam_rho > 0:
-  sharpness-aware minimisation (Foret et al. 2021), two passes per step. Dropout
-  and augmentation draw from (seed, the step's number: state.step plus the batch's
-  place in the call), so they depend on neither the replicas nor the resume point.
-  """
-  local_devices = (strategy.extended.worker_devices
-                   if jit_compile and strategy.num_replicas_in_sync > 1 else ())
-  if len(local_devices) > 1 and all('CPU' in d.upper() for d in local_devices):
-    # XLA compiles for one CPU device; replica 2's variables live on logical CPU:1,
-    # which the compiled step cannot read (TensorFlow's "tf.Variable on a
-    # different device" XLA limitation). Over GPUs each replica compiles for its own.
-    raise errors.ConfigError(
-        '--jit_compile cannot be combined with --strategy=mirrored over logical CPU '
-        f'devices ({len(local_devices)} of them): XLA cannot reach variables on a '
-        'second CPU device. Use one of them, or GPUs.')
-  model, optimizer = state.model, state.optimizer
-  # LossScaleOptimizer expects non-finite float16 gradients now and then: it skips
-  # them and lowers the scale itself. Only a non-finite loss is divergence there.
-  loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-  def scaled_loss_and_stats(logits, labels):
-    losses, stats = losses_lib.per_example_stats(logits, labels,
-                                                 label_smoothing=label_smoothing)
-    # Divide by the global batch, not the replica's: the optimizer sums the
-    # replicas' gradients, so N replicas train exactly like one device.
-    loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
-    return loss, optimizer.scale_loss(loss), stats  # Identity unless LossScaleOptimizer.
-
-  def sharpness_aware_grads(grads, images, labels, step, non_trainable_before):
-    """The gradient at the weights moved sam_rho along the normalised gradient,
-    through stateless_call: no variable is written. It reopens the step's draws,
-    so it sees the same augmentation and dropout as the first pass, and starts from
-    the batch-norm averages from before it (its updates are dropped). Per replica:
-    each moves along its own gradient."""
-    scale = sam_rho / (tf.linalg.global_norm(grads) + 1e-12)  # Loss scale cancels.
-    perturbed = [v.value + tf.cast(g, v.dtype) * scale
-                 for v, g in zip(model.trainable_variables, grads)]
-    with tf.GradientTape() as tape, randomness.draws(seed, step):
-      tape.watch(perturbed)
-      logits, _ = model.stateless_call(perturbed, non_trainable_before, images,
-                                        training=True)
-      _, scaled_loss, _ = scaled_loss_and_stats(logits, labels)
-    return tape.gradient(scaled_loss, perturbed)
-
-  # No autograph for the replica functions: their branches are on Python values, and
-  # converting them took a third of the first call's tracing (fast recipe, AVX2
-  # imitation: 0.60 against 0.37 s, medians of 3).
-  @tf.function(jit_compile=jit_compile, autograph=False)
-  def replica_grads(images, labels, step):
-    non_trainable_before = ([tf.identity(v.value) for v in model.non_trainable_variables]
-                            if sam_rho else None)
-    with tf.GradientTape() as tape, randomness.draws(seed, step):
-      logits = model(images, training=True)
-      loss, scaled_loss, stats = scaled_loss_and_stats(logits, labels)
-    grads = tape.gradient(scaled_loss, model.trainable_variables)
-    if sam_rho:
-      grads = sharpness_aware_grads(grads, images, labels, step, non_trainable_before)
-    diverged = tf.logical_not(tf.math.is_finite(loss))
-    if loss_scaled:  # The check LossScaleOptimizer makes.
-      overflowed = tf.logical_not(tf.reduce_all(
-          [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
-    else:
-      diverged |= tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads)))
-      overflowed = tf.zeros_like(diverged)
-    return grads, stats, tf.cast(tf.stack([diverged, overflowed]), tf.float32)
-
-  @tf.autograph.experimental.do_not_convert
-  def replica_apply(grads, any_overflowed):
-    if loss_scaled:
-      # Keras' LossScaleOptimizer decides to skip from each replica's own gradients
-      # (replica 0's alone under merge_call), not the all-reduced ones: an overflow on
-      # another replica would reach Adam. NaN on every replica when any overflowed
-      # makes every replica skip the step and halve the scale, together.
-      poison = tf.where(any_overflowed, float('nan'), 0.0)
-      grads = [g + tf.cast(poison, g.dtype) for g in grads]
-    optimizer.apply(grads, model.trainable_variables)  # Unscales; all-reduces.
-
-  @tf.function
-  def train_steps(iterator, num_steps):
-    totals, consumed, skipped = tf.zeros([3]), tf.constant(0), tf.constant(0)
-    first_step = state.step.read_value()  # Advanced by the caller after the call.
-    for index in tf.range(num_steps):
-      step = first_step + tf.cast(index, tf.int64)
-      grads, stats, flags = strategy.run(replica_grads, args=(*next(iterator), step))
-      # One all-reduce of [diverged, overflowed]; decided across replicas (cross-replica
-      # context): a cond may not hold a merge_call in a replica.
-      diverged, overflowed = tf.unstack(strategy.reduce(SUM, flags, axis=None))
-      if diverged > 0:
-        skipped += 1
-        if stop_on_nonfinite:
-          break
-      else:
-        strategy.run(replica_apply, args=(grads, overflowed > 0))
-        totals += strategy.reduce(SUM, stats, axis=None)
-      consumed += 1
-    return totals, consumed, skipped
-
-  return train_steps
-
-
-def train_steps_for(config: config_lib.TrainConfig, state: TrainState,
-                    strategy: tf.distribute.Strategy):
-  """make_train_steps with the config's settings: what training runs and what
-  benchmark.py times."""
-  return make_train_steps(state, strategy, config.batch_size, config.jit_compile,
-                          stop_on_nonfinite=config.nan_policy == 'stop',
-                          label_smoothing=config.label_smoothing, sam_rho=config.sam_rho,
-                          seed=config.seed)
 
 
 def _restore(state: TrainState, manager: '_ChiefCheckpointManager',
@@ -534,7 +411,7 @@ def _set_up(config: config_lib.TrainConfig, datasets_override: Optional[data.Spl
                                eval_writer, int(state.step), record)
   train_cached = splits.train.cache()
   run = _Run(config, strategy, splits, train_cached, state, manager,
-             train_steps=train_steps_for(config, state, strategy),
+             train_steps=train_step.train_steps_for(config, state, strategy),
              eval_step=scoring.make_eval_step(state.model, strategy, splits.num_classes),
              test_dataset=test_dataset, epoch_eval_dataset=epoch_eval_dataset,
              epoch_eval_split=epoch_eval_split, train_writer=train_writer,
@@ -556,7 +433,6 @@ def _train_epoch(run: _Run, stop_signals: _StopSignals):
   config, state, steps_per_epoch = run.config, run.state, run.steps_per_epoch
   boundaries = [config.log_every_steps] + (
       [config.checkpoint_every_steps] if config.checkpoint_every_steps else [])
-  total_steps = config.epochs * steps_per_epoch
   epoch = int(state.epoch)
   done_in_epoch = int(state.step) - epoch * steps_per_epoch
   if run.device_batches:
@@ -565,50 +441,34 @@ def _train_epoch(run: _Run, stop_signals: _StopSignals):
     iterator = iter(distribute.distribute_dataset(run.strategy, data.train_pipeline(
         run.train_cached, run.splits.num_train, config.batch_size, config.seed,
         epoch, skip_batches=done_in_epoch)))
-  window_totals, window_skipped = tf.zeros([3]), 0
+  step = int(state.step)  # Kept on the host from here: one device read per call below.
+  window = dict.fromkeys(train_step.OUTPUTS, 0.0)
   window_start = time.perf_counter()
 
   def save(step: int) -> str:  # With the window so far in the record.
-    return _save(run, step, int(window_totals[2]), time.perf_counter() - window_start)
+    return _save(run, step, int(window['count']), time.perf_counter() - window_start)
 
   while done_in_epoch < steps_per_epoch:
-    step = int(state.step)
     num_steps = min([config.steps_per_loop, steps_per_epoch - done_in_epoch] +
                     [every - step % every for every in boundaries])
-    totals, consumed, skipped = run.train_steps(iterator, tf.constant(num_steps))
-    consumed = int(consumed)  # Waits for the steps.
+    # The host's one read of the call, which waits for its steps.
+    counts = train_step.read(run.train_steps(iterator, tf.constant(num_steps)))
+    consumed = counts['consumed']
     if consumed < num_steps:  # nan_policy=stop: the next batch was not finite.
       raise errors.TrainingDivergedError(
           f'The loss or gradient norm became NaN or Inf at step {step + consumed + 1} '
           f'(epoch {epoch + 1}); training stopped before applying it. '
           f'{_last_good_checkpoint(run.manager.latest_checkpoint)} Lower '
           '--learning_rate, or pass --nan_policy=skip_step to drop such steps.')
-    window_totals += totals
-    window_skipped += int(skipped)
+    window = {name: window[name] + counts[name] for name in train_step.OUTPUTS}
     state.step.assign_add(consumed)
     done_in_epoch += consumed
     step += consumed
     run.extras.after_steps(step)  # Starts or stops a --profile_steps trace.
 
     if step % config.log_every_steps == 0 or done_in_epoch == steps_per_epoch:
-      loss_sum, correct, count = window_totals.numpy().tolist()
-      seconds = time.perf_counter() - window_start
-      images_per_sec = count / seconds
-      run.tally.add_window(int(count), seconds)
-      eta = (total_steps - step) * config.batch_size / max(images_per_sec, 1e-9)
-      count = max(count, 1)  # A window of only skipped steps.
-      logging.info('step %d  epoch %d  loss %.4f  accuracy %.4f  %.0f images/s  '
-                   'ETA %.0fs%s', step, epoch + 1, loss_sum / count, correct / count,
-                   images_per_sec, eta,
-                   f'  skipped {window_skipped} non-finite' if window_skipped else '')
-      scalars = {'loss': loss_sum / count, 'accuracy': correct / count,
-                 'learning_rate': float(keras.ops.convert_to_numpy(
-                     state.optimizer.learning_rate)),
-                 'images_per_sec': images_per_sec}
-      if config.nan_policy == 'skip_step':
-        scalars['nonfinite_steps_skipped'] = window_skipped
-      _write_scalars(run.train_writer, step, scalars)
-      window_totals, window_skipped = tf.zeros([3]), 0
+      _log_window(run, step, window, time.perf_counter() - window_start)
+      window = dict.fromkeys(train_step.OUTPUTS, 0.0)
       window_start = time.perf_counter()
     if stop_signals.should_stop():
       path = save(step)
@@ -617,6 +477,30 @@ def _train_epoch(run: _Run, stop_signals: _StopSignals):
     if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
         and done_in_epoch < steps_per_epoch):  # The epoch end saves after eval.
       save(step)
+
+
+def _log_window(run: _Run, step: int, window: dict, seconds: float):
+  """Logs a step window's loss, accuracy and images/s, to TensorBoard too, and adds its
+  images and seconds to the run's record."""
+  config = run.config
+  count = window['count']
+  images_per_sec = count / seconds
+  run.tally.add_window(int(count), seconds)
+  eta = (config.epochs * run.steps_per_epoch - step) * config.batch_size / max(
+      images_per_sec, 1e-9)
+  skipped = window['skipped']
+  count = max(count, 1)  # A window of only skipped steps.
+  logging.info('step %d  epoch %d  loss %.4f  accuracy %.4f  %.0f images/s  ETA %.0fs%s',
+               step, int(run.state.epoch) + 1, window['loss_sum'] / count,
+               window['correct'] / count, images_per_sec, eta,
+               f'  skipped {skipped:.0f} non-finite' if skipped else '')
+  scalars = {'loss': window['loss_sum'] / count, 'accuracy': window['correct'] / count,
+             'learning_rate': float(keras.ops.convert_to_numpy(
+                 run.state.optimizer.learning_rate)),
+             'images_per_sec': images_per_sec}
+  if config.nan_policy == 'skip_step':
+    scalars['nonfinite_steps_skipped'] = skipped
+  _write_scalars(run.train_writer, step, scalars)
 
 
 def _end_epoch(run: _Run, stop_signals: _StopSignals):

@@ -1,6 +1,6 @@
 """One mixed_float16 train step in which only replica 1's gradient overflows float16.
 
-`one_step(strategy)` runs it through train.make_train_steps, replica 0 fed blank
+`one_step(strategy)` runs it through train_step.train_steps_for, replica 0 fed blank
 digits and replica 1 bright ones (bright enough that its scaled gradient exceeds
 float16 at the starting loss scale, while its loss stays finite). Run as a script, it
 is one worker of a MultiWorkerMirroredStrategy cluster (TF_CONFIG): worker i is
@@ -15,6 +15,7 @@ import tensorflow as tf
 from mnist import config as config_lib
 from mnist import data
 from mnist import train
+from mnist import train_step
 
 PER_REPLICA_BATCH = 4
 # Measured (oneDNN on and off alike): at scale 32768 the seed CNN's first kernel
@@ -42,12 +43,12 @@ def one_step(strategy: tf.distribute.Strategy, values=(0.0, BRIGHT)) -> dict:
                                   mixed_precision='mixed_float16',
                                   batch_size=PER_REPLICA_BATCH * len(values))
   state = train.create_state(config, splits, strategy)
-  steps = train.train_steps_for(config, state, strategy)
+  steps = train_step.train_steps_for(config, state, strategy)
   iterator = iter(strategy.distribute_datasets_from_function(
       lambda context: _batches(values, context)))
   before = [v.numpy() for v in state.model.trainable_variables]
   scale_before = float(state.optimizer.dynamic_scale.numpy())
-  _, consumed, _ = steps(iterator, tf.constant(1))
+  consumed = train_step.read(steps(iterator, tf.constant(1)))['consumed']
   after = [v.numpy() for v in state.model.trainable_variables]
   return {'consumed': int(consumed), 'scale_before': scale_before,
           'scale_after': float(state.optimizer.dynamic_scale.numpy()),

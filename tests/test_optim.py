@@ -8,6 +8,7 @@ from mnist import config as config_lib
 from mnist import data
 from mnist import optim
 from mnist import train
+from mnist import train_step
 
 
 def _lr(schedule, step):
@@ -68,7 +69,7 @@ def test_ema_weights_are_swapped_in_for_the_block_and_back_after(tmp_path, split
                                   ema_momentum=0.9)
   strategy = tf.distribute.get_strategy()
   state = train.create_state(config, splits, strategy)
-  steps = train.make_train_steps(state, strategy, config.batch_size)
+  steps = train_step.make_train_steps(state, strategy, config.batch_size)
   iterator = iter(data.train_pipeline(splits.train.cache(), splits.num_train, 32, 0, 0))
   steps(iterator, tf.constant(8))
   model_vars = state.model.trainable_variables
@@ -89,3 +90,31 @@ def test_without_ema_the_block_changes_nothing(tmp_path, splits):
   with optim.ema_weights(state.model, state.optimizer):
     pass
   assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, state.model.weights))
+
+
+@pytest.mark.parametrize('skip', [False, True])
+def test_our_adam_is_keras_adam_bit_for_bit_and_a_masked_step_writes_nothing(skip):
+  start = np.random.default_rng(0).normal(size=(5, 3)).astype('float32')
+  gradients = [tf.constant(np.random.default_rng(s).normal(size=(5, 3)), tf.float32)
+               for s in range(1, 4)]
+  weights = {}
+  for kind in (keras.optimizers.Adam, optim.Adam):
+    variable = keras.Variable(start)
+    optimizer = kind(learning_rate=0.01)
+    optimizer.build([variable])
+    for gradient in gradients:
+      if kind is optim.Adam:
+        with optimizer.masked(tf.constant(False)):
+          optimizer.apply([gradient], [variable])
+      else:
+        optimizer.apply([gradient], [variable])
+    weights[kind] = variable.numpy()
+    if kind is optim.Adam:
+      state = [variable.numpy()] + [v.numpy() for v in optimizer.variables
+                                    if v.dtype != 'int64']  # Not the step count: see train_step.
+      with optimizer.masked(tf.constant(skip)):
+        optimizer.apply([tf.fill([5, 3], np.inf) if skip else gradients[0]], [variable])
+      after = [variable.numpy()] + [v.numpy() for v in optimizer.variables
+                                    if v.dtype != 'int64']
+      assert all((a == b).all() for a, b in zip(after, state)) == skip
+  np.testing.assert_array_equal(weights[optim.Adam], weights[keras.optimizers.Adam])

@@ -26,6 +26,7 @@ from mnist import optim
 from mnist import provenance
 from mnist import scoring
 from mnist import train
+from mnist import train_step
 
 from conftest import REPO
 from conftest import synthetic_splits
@@ -94,11 +95,12 @@ _ROUNDING_PROOF_EPSILON = 1e-2
 def _train_k_steps(strategy, config, splits, k):
   state = train.create_state(config, splits, strategy)
   state.optimizer.epsilon = _ROUNDING_PROOF_EPSILON  # Read when the step is traced.
-  steps = train.train_steps_for(config, state, strategy)
+  steps = train_step.train_steps_for(config, state, strategy)
   dataset = data.train_pipeline(splits.train.cache(), splits.num_train, config.batch_size,
                                 config.seed, epoch=0)
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
-  totals = steps(iterator, tf.constant(k))[0].numpy()
+  counts = train_step.read(steps(iterator, tf.constant(k)))
+  totals = [counts[name] for name in ('loss_sum', 'correct', 'count')]
   eval_step = scoring.make_eval_step(state.model, strategy, splits.num_classes)
   metrics = scoring.evaluate(eval_step, strategy.experimental_distribute_dataset(
       data.eval_pipeline(splits.eval, splits.num_eval, config.eval_batch_size)), strategy)
@@ -166,7 +168,7 @@ def _one_sgd_step(config, splits, sam_rho):
   before = [v.numpy() for v in state.model.trainable_variables]
   batch = next(iter(data.train_pipeline(splits.train.cache(), splits.num_train,
                                         config.batch_size, config.seed, epoch=0)))
-  steps = train.make_train_steps(state, strategy, config.batch_size, sam_rho=sam_rho)
+  steps = train_step.make_train_steps(state, strategy, config.batch_size, sam_rho=sam_rho)
   steps(iter(tf.data.Dataset.from_tensors(batch)), tf.constant(1))
   change = [v.numpy() - b for v, b in zip(state.model.trainable_variables, before)]
   return state.model, before, change, batch

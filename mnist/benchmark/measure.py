@@ -3,7 +3,7 @@
 `run(config)` prints a settings header, one line per window or epoch, the
 images/s statistics, and returns everything as a dict (the script prints it as
 JSON). It reuses the training code: `distribute.make_strategy`, `data.train_pipeline`,
-`train.create_state` and `train.train_steps_for`, so it times what training runs.
+`train.create_state` and `train_step.train_steps_for`, so it times what training runs.
 """
 import time
 from typing import Optional
@@ -19,6 +19,7 @@ from mnist import hardware
 from mnist import provenance
 from mnist import runtime
 from mnist import train
+from mnist import train_step
 from mnist.benchmark import ceiling
 from mnist.benchmark import config as benchmark_config
 from mnist.benchmark import flops
@@ -84,7 +85,7 @@ def _measure_ours(config, strategy, splits, steps_per_epoch):
     wait = lambda out: tf.nest.flatten(out)[0].numpy()  # The count of the steps' images.
   else:
     state = train.create_state(tc, splits, strategy)
-    step_fn = train.train_steps_for(tc, state, strategy)
+    step_fn = train_step.train_steps_for(tc, state, strategy)
     # The clock stops after the optimizer's last update, not at the loss sums, which an
     # asynchronous device (a GPU stream) can hand back before the update has run.
     wait = lambda out: state.optimizer.iterations.numpy()

@@ -66,7 +66,7 @@ def describe(config, strategy, splits, steps_per_epoch, xla) -> dict:
 
 def print_settings(s: dict, limit: Optional[dict]):
   """The header; `limit` is measure.machine_limit's dict (None: no model)."""
-  what = {'ours': 'our GradientTape train step (train.make_train_steps)',
+  what = {'ours': 'our GradientTape train step (train_step.make_train_steps)',
           'keras_fit': 'Keras model.compile / model.fit (baseline)'}[s['role']]
   if s['data'] == 'input_only':
     what = 'the input pipeline alone: no model, no train step'

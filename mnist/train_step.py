@@ -1,0 +1,261 @@
+"""The training step: gradient, the all-reduced apply-or-skip decision, the update;
+and the loop that runs a window of steps in one compiled call.
+
+No data-dependent branch runs between the steps of a call: each step computes its
+update, then every variable the update wrote takes its new or its old value by a flag
+all-reduced across replicas and workers (`tf.where`, as optax.apply_if_finite selects).
+A cond on a device's flag would make the host wait for the device at every step (on a
+GPU, where an MNIST step takes about a millisecond, that stalls the launch queue); here
+the host reads the device once per call, the one tensor the call returns.
+"""
+import contextlib
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from mnist import errors
+from mnist import losses as losses_lib
+from mnist import randomness
+
+SUM = tf.distribute.ReduceOp.SUM
+# What a call of train_steps returns, in order, in one float32 vector.
+OUTPUTS = ('loss_sum', 'correct', 'count', 'consumed', 'skipped')
+
+
+def read(output: tf.Tensor) -> dict:
+  """The host's one read of a train_steps call: its sums and counts by name."""
+  values = output.numpy().tolist()
+  counts = dict(zip(OUTPUTS, values))
+  counts['consumed'], counts['skipped'] = int(counts['consumed']), int(counts['skipped'])
+  return counts
+
+
+def whole_step_compiled(strategy: tf.distribute.Strategy, jit_compile: bool) -> bool:
+  """Whether --jit_compile compiles the gradient and the update in one XLA program:
+  with one replica in sync. With more, the update's all-reduce runs between them
+  (Keras all-reduces inside optimizer.apply, outside any XLA program), so only the
+  gradient is compiled, per replica."""
+  return jit_compile and strategy.num_replicas_in_sync == 1
+
+
+def _check_jit_devices(strategy: tf.distribute.Strategy, jit_compile: bool):
+  local_devices = (strategy.extended.worker_devices
+                   if jit_compile and strategy.num_replicas_in_sync > 1 else ())
+  if len(local_devices) > 1 and all('CPU' in d.upper() for d in local_devices):
+    # XLA compiles for one CPU device; replica 2's variables live on logical CPU:1,
+    # which the compiled step cannot read (TensorFlow's "tf.Variable on a
+    # different device" XLA limitation). Over GPUs each replica compiles for its own.
+    raise errors.ConfigError(
+        '--jit_compile cannot be combined with --strategy=mirrored over logical CPU '
+        f'devices ({len(local_devices)} of them): XLA cannot reach variables on a '
+        'second CPU device. Use one of them, or GPUs.')
+
+
+def next_loss_scale(optimizer: keras.optimizers.LossScaleOptimizer, overflowed, diverged):
+  """Keras' LossScaleOptimizer rule without its cond: an overflow halves the scale, the
+  dynamic_growth_steps-th finite step in a row doubles it; a diverged step (non-finite
+  loss) changes nothing."""
+  counter, scale = optimizer.step_counter.value, optimizer.dynamic_scale.value
+  grow = tf.equal(counter, optimizer.dynamic_growth_steps - 1)
+  new_counter = tf.where(overflowed | grow, tf.zeros_like(counter), counter + 1)
+  new_scale = tf.where(overflowed, scale * 0.5, tf.where(grow, scale * 2.0, scale))
+  optimizer.step_counter.assign(tf.where(diverged, counter, new_counter))
+  optimizer.dynamic_scale.assign(tf.where(diverged, scale, new_scale))
+
+
+@contextlib.contextmanager
+def writes_masked(optimizer: keras.optimizers.Optimizer, skip):
+  """Within the block, every write the optimizer's update_step makes leaves its
+  variable as it was where `skip`. Ours (optim.Adam) folds the mask into its update;
+  any other Keras optimizer gets a select on each write (Keras routes them all through
+  its assign, assign_add and assign_sub), not a copy of every variable before it."""
+  if hasattr(optimizer, 'masked'):
+    with optimizer.masked(skip):
+      yield
+    return
+  kinds = type(optimizer)
+  optimizer.assign = lambda variable, value: kinds.assign(
+      optimizer, variable, tf.where(skip, tf.cast(variable, value.dtype), value))
+  optimizer.assign_add = lambda variable, value: kinds.assign_add(
+      optimizer, variable, tf.where(skip, tf.constant(0, value.dtype), value))
+  optimizer.assign_sub = lambda variable, value: kinds.assign_sub(
+      optimizer, variable, tf.where(skip, tf.constant(0, value.dtype), value))
+  try:
+    yield
+  finally:
+    del optimizer.assign, optimizer.assign_add, optimizer.assign_sub
+
+
+def written_directly(optimizer: keras.optimizers.Optimizer, trainable: list) -> list:
+  """The variables an optimizer's apply writes around update_step, not through its
+  assign methods: its step count, the weights' averages (EMA) and, with weight decay,
+  the weights (Keras' _apply_weight_decay and EMA assign them themselves)."""
+  return ([optimizer.iterations]
+          + (optimizer._model_variables_moving_average if optimizer.use_ema else [])  # pylint: disable=protected-access
+          + (list(trainable) if optimizer.weight_decay else []))
+
+
+def make_train_steps(state, strategy: tf.distribute.Strategy, global_batch_size: int,
+                     jit_compile: bool = False, stop_on_nonfinite: bool = True,
+                     label_smoothing: float = 0.0, sam_rho: float = 0.0,
+                     seed: int = 0) -> Callable:
+  """Returns train_steps(iterator, num_steps) -> float32 [OUTPUTS]: the summed loss,
+  correct and count of the applied steps, the batches consumed and the non-finite
+  steps skipped; `read` turns it into numbers with one host read.
+
+  A step whose loss or gradient norm is not finite is never applied. With
+  stop_on_nonfinite the call consumes only up to that batch (consumed < num_steps: the
+  caller names the step and stops; the call's later batches are computed, not applied);
+  otherwise it is skipped and counted. sam_rho > 0: sharpness-aware minimisation
+  (Foret et al. 2021), two passes per step. Dropout and augmentation draw from (seed,
+  the step's number: state.step plus the batch's place in the call), so they depend on
+  neither the replicas nor the resume point.
+  """
+  _check_jit_devices(strategy, jit_compile)
+  model, optimizer = state.model, state.optimizer
+  # Float16's gradients overflow now and then at the current loss scale: such a step is
+  # skipped and the scale halved. Only a non-finite loss is divergence there.
+  loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  inner = optimizer.inner_optimizer if loss_scaled else optimizer
+  # What a skipped step keeps besides update_step's masked writes; the loss scale
+  # follows next_loss_scale instead.
+  written = written_directly(inner, model.trainable_variables)
+
+  def scaled_loss_and_stats(logits, labels):
+    losses, stats = losses_lib.per_example_stats(logits, labels,
+                                                 label_smoothing=label_smoothing)
+    # Divide by the global batch, not the replica's: the optimizer sums the
+    # replicas' gradients, so N replicas train exactly like one device.
+    loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
+    return loss, optimizer.scale_loss(loss), stats  # Identity unless LossScaleOptimizer.
+
+  def sharpness_aware_grads(grads, images, labels, step, non_trainable_before):
+    """The gradient at the weights moved sam_rho along the normalised gradient,
+    through stateless_call: no variable is written. It reopens the step's draws,
+    so it sees the same augmentation and dropout as the first pass, and starts from
+    the batch-norm averages from before it (its updates are dropped). Per replica:
+    each moves along its own gradient."""
+    scale = sam_rho / (tf.linalg.global_norm(grads) + 1e-12)  # Loss scale cancels.
+    perturbed = [v.value + tf.cast(g, v.dtype) * scale
+                 for v, g in zip(model.trainable_variables, grads)]
+    with tf.GradientTape() as tape, randomness.draws(seed, step):
+      tape.watch(perturbed)
+      logits, _ = model.stateless_call(perturbed, non_trainable_before, images,
+                                        training=True)
+      _, scaled_loss, _ = scaled_loss_and_stats(logits, labels)
+    return tape.gradient(scaled_loss, perturbed)
+
+  def replica_grads(images, labels, step):
+    """(gradients, [loss sum, correct, count], [diverged, overflowed] as 0/1)."""
+    non_trainable_before = ([tf.identity(v.value) for v in model.non_trainable_variables]
+                            if sam_rho else None)
+    with tf.GradientTape() as tape, randomness.draws(seed, step):
+      logits = model(images, training=True)
+      loss, scaled_loss, stats = scaled_loss_and_stats(logits, labels)
+    grads = tape.gradient(scaled_loss, model.trainable_variables)
+    if sam_rho:
+      grads = sharpness_aware_grads(grads, images, labels, step, non_trainable_before)
+    diverged = tf.logical_not(tf.math.is_finite(loss))
+    if loss_scaled:  # The check LossScaleOptimizer makes.
+      overflowed = tf.logical_not(tf.reduce_all(
+          [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+    else:
+      diverged |= tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads)))
+      overflowed = tf.zeros_like(diverged)
+    return grads, stats, tf.cast(tf.stack([diverged, overflowed]), tf.float32)
+
+  def update(grads):
+    """The step's update, made whatever the flags (within writes_masked)."""
+    if loss_scaled:  # What LossScaleOptimizer does with finite gradients.
+      scale = optimizer.dynamic_scale.value
+      inner.apply([g / scale for g in grads], model.trainable_variables)
+    else:
+      optimizer.apply(grads, model.trainable_variables)  # All-reduces across replicas.
+
+  def keep_or_skip(skip, before, overflowed, diverged):
+    for variable, old in zip(written, before):
+      variable.assign(tf.where(skip, old, variable.value))
+    if loss_scaled:
+      next_loss_scale(optimizer, overflowed, diverged)
+
+  # No autograph for the step's functions: their branches are on Python values, and
+  # converting them took a third of the first call's tracing (fast recipe, AVX2
+  # imitation: 0.60 against 0.37 s, medians of 3).
+  @tf.function(jit_compile=jit_compile, autograph=False)
+  def whole_step(images, labels, step, halted):
+    """One replica in sync: gradient, decision and update in one function (one XLA
+    program with --jit_compile)."""
+    grads, stats, flags = replica_grads(images, labels, step)
+    diverged, overflowed = tf.unstack(flags > 0)
+    skip = diverged | overflowed | halted
+    before = [tf.identity(v.value) for v in written]
+    with writes_masked(inner, skip):
+      update(grads)
+    keep_or_skip(skip, before, overflowed, diverged | halted)
+    return stats, flags
+
+  compiled_grads = tf.function(replica_grads, jit_compile=jit_compile, autograph=False)
+
+  def select_copies(strategy, skip, before):
+    for variable, old in zip(written, before):
+      strategy.extended.update(
+          variable.value, lambda copy, skip, old: copy.assign(tf.where(skip, old, copy)),
+          args=(skip, old), group=False)
+
+  @tf.autograph.experimental.do_not_convert
+  def replica_update(grads, skip, overflowed, diverged):
+    before = [tf.identity(v.value) for v in written]
+    update(grads)  # Within writes_masked: entered once, outside the replicas' threads.
+    # Each replica's copy selects by the same all-reduced flags, from its own snapshot
+    # (passed as an argument, so each device's): no collective.
+    tf.distribute.get_replica_context().merge_call(select_copies, args=(skip, before))
+    if loss_scaled:
+      next_loss_scale(optimizer, overflowed, diverged)
+
+  def split_step(images, labels, step, halted):
+    """More replicas: their gradients, one all-reduce of their flags, the update."""
+    grads, stats, flags = strategy.run(compiled_grads, args=(images, labels, step))
+    # One all-reduce of [diverged, overflowed]: every replica decides alike.
+    reduced = strategy.reduce(SUM, flags, axis=None)
+    diverged, overflowed = tf.unstack(reduced > 0)
+    skip = diverged | overflowed | halted
+    with writes_masked(inner, skip):
+      strategy.run(replica_update, args=(grads, skip, overflowed, diverged | halted))
+    return stats, reduced
+
+  single = strategy.num_replicas_in_sync == 1
+
+  @tf.function
+  def train_steps(iterator, num_steps):
+    totals, consumed, skipped = tf.zeros([3]), tf.constant(0.0), tf.constant(0.0)
+    halted = tf.constant(False)  # stop_on_nonfinite, after a non-finite step.
+    first_step = state.step.read_value()  # Advanced by the caller after the call.
+    for index in tf.range(num_steps):
+      step = first_step + tf.cast(index, tf.int64)
+      images, labels = next(iterator)
+      if single:
+        stats, flags = strategy.run(whole_step, args=(images, labels, step, halted))
+        stats, flags = (strategy.experimental_local_results(x)[0] for x in (stats, flags))
+      else:
+        stats, flags = split_step(images, labels, step, halted)
+      diverged = flags[0] > 0
+      applied = tf.logical_not(diverged | halted)
+      totals += tf.where(applied, strategy.reduce(SUM, stats, axis=None) if not single
+                         else stats, 0.0)
+      skipped += tf.cast(diverged & tf.logical_not(halted), tf.float32)
+      if stop_on_nonfinite:
+        halted |= diverged
+      consumed += tf.cast(tf.logical_not(halted), tf.float32)
+    return tf.concat([totals, tf.stack([consumed, skipped])], axis=0)
+
+  return train_steps
+
+
+def train_steps_for(config, state, strategy: tf.distribute.Strategy) -> Callable:
+  """make_train_steps with the config's settings: what training runs and what
+  benchmark.py times."""
+  return make_train_steps(state, strategy, config.batch_size, config.jit_compile,
+                          stop_on_nonfinite=config.nan_policy == 'stop',
+                          label_smoothing=config.label_smoothing, sam_rho=config.sam_rho,
+                          seed=config.seed)
