@@ -7,6 +7,7 @@ import json
 from typing import Optional
 
 from mnist import errors
+from mnist import models
 
 STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker', 'tpu')
 # tf.distribute.experimental.CommunicationImplementation, for --strategy=multi_worker.
@@ -20,8 +21,7 @@ NAN_POLICIES = ('stop', 'skip_step')
 # HParams dashboard's metric columns) and what scripts/sweep.py can compare.
 RESULT_METRICS = ('validation_accuracy', 'validation_loss', 'test_accuracy', 'test_loss',
                   'train_seconds', 'train_images_per_sec')
-# mnist/model.py builds them.
-MODELS = ('seed_cnn', 'fast_cnn', 'fast_strided_cnn', 'wide_cnn', 'strided_cnn', 'deep_cnn')
+MODELS = models.names()  # The registry's (mnist/models/), read without TensorFlow.
 SCHEDULES = ('constant', 'one_cycle', 'warmup_cosine')
 
 
@@ -120,6 +120,14 @@ class TrainConfig:
           f'--learning_rate must be > 0, got {self.learning_rate}.')
     check(self.model in MODELS,
           f'--model must be one of {", ".join(MODELS)}; got {self.model!r}.')
+    if self.model in MODELS:
+      defaults = TrainConfig()
+      for option in models.refused_options(self.model, dataclasses.asdict(self),
+                                           dataclasses.asdict(defaults)):
+        takes = models.get(self.model).takes
+        check(False, f'--model={self.model} does not take --{option} (it takes '
+              f'{", ".join("--" + o for o in takes) or "no model options"}); leave it at '
+              f'its default, {getattr(defaults, option)}.')
     check(self.lr_schedule in SCHEDULES,
           f'--lr_schedule must be one of {", ".join(SCHEDULES)}; got {self.lr_schedule!r}.')
     check(0 <= self.warmup_fraction < 1,

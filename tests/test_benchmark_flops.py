@@ -3,6 +3,7 @@ import keras
 import pytest
 
 from mnist import model as model_lib
+from mnist import models
 from mnist.benchmark import ceiling
 from mnist.benchmark import flops
 
@@ -52,7 +53,7 @@ def test_fast_cnns_match_the_hand_count():
           == FAST_STRIDED_CNN_FORWARD)
 
 
-@pytest.mark.parametrize('name', list(model_lib.MODELS))
+@pytest.mark.parametrize('name', list(models.names()))
 def test_every_model_is_counted_as_its_layers_add_up(name):
   model = model_lib.build_model(name)
   assert flops.forward_flops_per_image(model) == _layer_by_layer(model) > 0

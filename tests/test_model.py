@@ -7,6 +7,7 @@ from mnist import batch_norm
 from mnist import errors
 from mnist import hardware
 from mnist import model as model_lib
+from mnist import models
 from mnist import randomness
 
 import test_hardware
@@ -89,7 +90,7 @@ def test_strided_cnn_drops_after_each_block_with_per_example_dropout():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', list(model_lib.MODELS))
+@pytest.mark.parametrize('name', list(models.names()))
 def test_width_scales_every_hidden_layer_and_keeps_the_logits(name):
   def channels(model):
     return [layer.filters if isinstance(layer, keras.layers.Conv2D) else layer.units
