@@ -7,6 +7,7 @@ import json
 from typing import Optional
 
 from mnist import errors
+from mnist import metrics
 from mnist import models
 
 STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker', 'tpu')
@@ -19,8 +20,7 @@ PRECISION_CHOICES = ('auto',) + PRECISIONS
 NAN_POLICIES = ('stop', 'skip_step')
 # A run's final metrics in results.json: written as scalars into the run's folder (the
 # HParams dashboard's metric columns) and what scripts/sweep.py can compare.
-RESULT_METRICS = ('validation_accuracy', 'validation_loss', 'test_accuracy', 'test_loss',
-                  'train_seconds', 'train_images_per_sec')
+RESULT_METRICS = metrics.result_names()  # From the declarations in mnist/metrics/.
 MODELS = models.names()  # The registry's (mnist/models/), read without TensorFlow.
 SCHEDULES = ('constant', 'one_cycle', 'warmup_cosine')
 

@@ -1,4 +1,4 @@
-"""Evaluating a trained run's latest checkpoint: accuracy and loss over every eval
+"""Evaluating a trained run's latest checkpoint: every declared metric over every eval
 example, per-class accuracy, the confusion matrix and the misclassified indices.
 """
 import json
@@ -9,47 +9,31 @@ import tensorflow as tf
 from mnist import config as config_lib
 from mnist import data
 from mnist import inference
-from mnist import losses as losses_lib
+from mnist import metrics
+from mnist import scoring
 
 
 def evaluate_model(model, dataset: tf.data.Dataset, num_examples: int, batch_size: int,
                    num_classes: int) -> dict:
-  """Scores every example of an unbatched (uint8 image, label) dataset, in order.
-
-  data.eval_pipeline pads the last batch with weight-0 examples, dropped here,
-  so exactly `num_examples` are counted.
-  """
-  @tf.function
-  def step(images, labels):
-    logits = model(images, training=False)
-    return (tf.argmax(logits, axis=-1, output_type=tf.int32),
-            losses_lib.per_example_loss(logits, labels))
-
-  predictions, labels, losses, weights = [], [], [], []
-  for images, batch_labels, batch_weights in data.eval_pipeline(dataset, num_examples,
-                                                                batch_size):
-    batch_predictions, batch_losses = step(images, batch_labels)
-    predictions.append(batch_predictions.numpy())
-    labels.append(batch_labels.numpy())
-    losses.append(batch_losses.numpy())
-    weights.append(batch_weights.numpy())
-  real = np.concatenate(weights) > 0
-  predictions = np.concatenate(predictions)[real]
-  labels = np.concatenate(labels)[real]
-  losses = np.concatenate(losses)[real].astype(np.float64)
-
-  confusion = tf.math.confusion_matrix(labels, predictions, num_classes=num_classes).numpy()
+  """Scores every example of an unbatched (uint8 image, label) dataset, in order, with
+  training's eval pass (mnist/scoring.py): every declared metric, per class, the
+  confusion matrix and the misclassified positions. data.eval_pipeline pads the last
+  batch with weight-0 examples, which count nowhere."""
+  strategy = tf.distribute.get_strategy()
+  scored = scoring.evaluate(scoring.make_eval_step(model, strategy, num_classes),
+                            data.eval_pipeline(dataset, num_examples, batch_size),
+                            strategy, keep_predictions=True)
+  confusion = scored['confusion_matrix']
   per_class = confusion.sum(axis=1)
   return {
-      'examples': int(real.sum()),
-      'accuracy': float(np.mean(predictions == labels)),
-      'loss': float(losses.mean()),
+      'examples': scored['examples'],
+      **{name: scored[name] for name in metrics.names()},
       # None for a class with no example in the split.
       'per_class_accuracy': [float(confusion[c, c] / per_class[c]) if per_class[c] else None
                              for c in range(num_classes)],
       'per_class_examples': per_class.tolist(),
       'confusion_matrix': confusion.tolist(),  # Rows: true label; columns: predicted.
-      'misclassified': np.flatnonzero(predictions != labels).tolist(),
+      'misclassified': np.flatnonzero(scored['predictions'] != scored['labels']).tolist(),
   }
 
 
@@ -75,7 +59,8 @@ def to_text(results: dict) -> str:
   num_classes = len(results['confusion_matrix'])
   lines = [f'checkpoint: {results["checkpoint"]}',
            f'{results["dataset"]} {results["eval_split"]}: {results["examples"]} examples, '
-           f'accuracy {results["accuracy"]:.4f}, loss {results["loss"]:.4f}',
+           + ', '.join(f'{name} {results[name]:.4f}' for name in metrics.names()
+                       if name in results),
            '', 'per-class accuracy:']
   for c, (accuracy, count) in enumerate(zip(results['per_class_accuracy'],
                                             results['per_class_examples'])):

@@ -1,4 +1,4 @@
-"""A one-page PNG of a run: loss and accuracy curves and the latest confusion matrix.
+"""A one-page PNG of a run: every declared metric's curves and the latest confusion matrix.
 
 Everything is read back from the run's TensorBoard event files (TF2 writes
 scalars as tensor summaries), so the report shows what TensorBoard shows.
@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from mnist import errors
+from mnist import metrics
 from mnist import plots
 from mnist import summaries
 
@@ -47,9 +48,12 @@ def read_run(model_dir: str) -> dict:
 
 
 def report_figure(history: dict, title: str) -> figure_lib.Figure:
-  fig = figure_lib.Figure(figsize=(16, 5), dpi=100, layout='tight')
-  for column, metric in enumerate(('loss', 'accuracy')):
-    ax = fig.add_subplot(1, 3, column + 1)
+  """One panel per declared metric (mnist/metrics/), then the confusion matrix."""
+  names = metrics.names()
+  columns = len(names) + 1
+  fig = figure_lib.Figure(figsize=(16 * columns / 3, 5), dpi=100, layout='tight')
+  for column, metric in enumerate(names):
+    ax = fig.add_subplot(1, columns, column + 1)
     for run, style in (('train', '.-'), ('eval', 'o-')):  # Markers: one point shows.
       if metric in history[run]:
         steps, values = history[run][metric]
@@ -59,7 +63,7 @@ def report_figure(history: dict, title: str) -> figure_lib.Figure:
     ax.grid(alpha=0.3)
     if ax.lines:
       ax.legend()
-  ax = fig.add_subplot(1, 3, 3)
+  ax = fig.add_subplot(1, columns, columns)
   if history['confusion_matrix'] is None:
     ax.axis('off')
     ax.text(0.5, 0.5, 'no confusion matrix in eval/', ha='center', va='center')

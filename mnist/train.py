@@ -26,6 +26,7 @@ from mnist import device_input
 from mnist import distribute
 from mnist import errors
 from mnist import hardware
+from mnist import metrics as metrics_lib
 from mnist import model as model_lib
 from mnist import model_dir_lock
 from mnist import optim
@@ -520,16 +521,16 @@ def _end_epoch(run: _Run, stop_signals: _StopSignals):
            'eval_seconds': eval_seconds, 'epoch_end_seconds': None}
   run.tally.record.eval_history.append(entry)
   _write_scalars(run.eval_writer, int(state.step),
-                 {'loss': metrics['loss'], 'accuracy': metrics['accuracy']})
+                 {name: metrics[name] for name in metrics_lib.names()})
   path = _save(run, int(state.step))
   if config.epoch_summaries:  # Drawn in the background, during the next epoch.
     run.extras.on_epoch_end(int(state.step), matrix, mistakes)
   epoch_end_seconds = time.perf_counter() - epoch_end_start
   # Measured after the save: None in this checkpoint's record, in the next one's filled.
   entry['epoch_end_seconds'] = epoch_end_seconds
-  logging.info('epoch %d/%d  %s loss %.4f  accuracy %.4f on %d examples  saved %s  '
-               '(eval %.2fs, epoch end %.2fs)', int(state.epoch), config.epochs,
-               run.epoch_eval_split, metrics['loss'], metrics['accuracy'],
+  logging.info('epoch %d/%d  %s %s on %d examples  saved %s  (eval %.2fs, epoch end '
+               '%.2fs)', int(state.epoch), config.epochs, run.epoch_eval_split,
+               '  '.join(f'{name} {metrics[name]:.4f}' for name in metrics_lib.names()),
                metrics['examples'], path, eval_seconds, epoch_end_seconds)
   if stop_signals.should_stop():
     raise stop_signals.preempted(int(state.step), path)
@@ -546,8 +547,7 @@ def _finish(run: _Run) -> dict:
       test_metrics = scoring.evaluate(run.eval_step, run.test_dataset, run.strategy)
     record = run.tally.now()  # With the test evaluation's time.
   results = {
-      'test_accuracy': test_metrics['accuracy'],
-      'test_loss': test_metrics['loss'],
+      **{f'test_{name}': test_metrics[name] for name in metrics_lib.names()},
       'test_examples': test_metrics['examples'],
       'global_step': int(state.step),
       'epochs_completed': int(state.epoch),
@@ -561,7 +561,7 @@ def _finish(run: _Run) -> dict:
       'provenance': provenance.finish(run.provenance, int(state.step)),  # What made them.
   }
   if run.splits.validation and last:
-    results.update(validation_accuracy=last['accuracy'], validation_loss=last['loss'],
+    results.update({f'validation_{name}': last.get(name) for name in metrics_lib.names()},
                    validation_examples=last['examples'])
   if run.chief:
     _write_json(os.path.join(config.model_dir, 'results.json'), results)

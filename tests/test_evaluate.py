@@ -46,7 +46,7 @@ def test_text_report_shows_totals_classes_matrix_and_mistakes():
              'per_class_accuracy': [1.0, 0.0, None], 'per_class_examples': [2, 2, 0],
              'confusion_matrix': [[2, 0, 0], [1, 0, 1], [0, 0, 0]], 'misclassified': [1, 3]}
   lines = evaluate.to_text(results).splitlines()
-  assert 'mnist test: 4 examples, accuracy 0.5000, loss 1.2500' in lines
+  assert 'mnist test: 4 examples, loss 1.2500, accuracy 0.5000' in lines
   assert '  2: n/a  (0/0)' in lines
   assert lines[lines.index('confusion matrix (rows: true label, columns: predicted):') + 2] \
       .split() == ['0', '2', '0', '0']

@@ -12,12 +12,12 @@ from typing import Optional, Sequence
 from mnist import cli
 from mnist import config as config_lib
 from mnist import errors
+from mnist import metrics
 from mnist import provenance
 
 SPEC_FILE = 'sweep.json'
 # results.json keys a sweep can compare on; lower is better for those ending so.
 METRICS = config_lib.RESULT_METRICS
-_LOWER_IS_BETTER = ('_loss', '_seconds')
 _NAME = re.compile(r'^[A-Za-z0-9._,=+-]+$')
 # Set by the sweep itself for every run, so no variant may set them.
 _SWEEP_OWNED = ('model_dir', 'seed')
@@ -64,7 +64,7 @@ class Sweep:
 
   @property
   def higher_is_better(self) -> bool:
-    return not self.metric.endswith(_LOWER_IS_BETTER)
+    return metrics.higher_is_better(self.metric)  # Its declaration's (mnist/metrics/).
 
   def varied_fields(self) -> list:
     """The TrainConfig fields whose values differ between variants."""
