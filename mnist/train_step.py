@@ -96,6 +96,102 @@ def written_directly(optimizer: keras.optimizers.Optimizer, trainable: list) -> 
           + (list(trainable) if optimizer.weight_decay else []))
 
 
+class _Gradients:
+  """A replica's half of the step: (gradients, [loss sum, correct, count], [diverged,
+  overflowed] as 0/1) of its batch. Dropout and augmentation draw from (seed, step)."""
+
+  def __init__(self, model, optimizer, global_batch_size: int, label_smoothing: float,
+               sam_rho: float, seed: int):
+    self.model, self.optimizer = model, optimizer
+    self.global_batch_size, self.label_smoothing = global_batch_size, label_smoothing
+    self.sam_rho, self.seed = sam_rho, seed
+    self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+  def _scaled_loss_and_stats(self, logits, labels):
+    losses, stats = losses_lib.per_example_stats(logits, labels,
+                                                 label_smoothing=self.label_smoothing)
+    # Divide by the global batch, not the replica's: the optimizer sums the
+    # replicas' gradients, so N replicas train exactly like one device.
+    loss = tf.nn.compute_average_loss(losses, global_batch_size=self.global_batch_size)
+    return loss, self.optimizer.scale_loss(loss), stats  # Identity unless loss-scaled.
+
+  def _sharpness_aware(self, grads, images, labels, step, non_trainable_before):
+    """The gradient at the weights moved sam_rho along the normalised gradient,
+    through stateless_call: no variable is written. It reopens the step's draws,
+    so it sees the same augmentation and dropout as the first pass, and starts from
+    the batch-norm averages from before it (its updates are dropped). Per replica:
+    each moves along its own gradient."""
+    model = self.model
+    scale = self.sam_rho / (tf.linalg.global_norm(grads) + 1e-12)  # Loss scale cancels.
+    perturbed = [v.value + tf.cast(g, v.dtype) * scale
+                 for v, g in zip(model.trainable_variables, grads)]
+    with tf.GradientTape() as tape, randomness.draws(self.seed, step):
+      tape.watch(perturbed)
+      logits, _ = model.stateless_call(perturbed, non_trainable_before, images,
+                                        training=True)
+      _, scaled_loss, _ = self._scaled_loss_and_stats(logits, labels)
+    return tape.gradient(scaled_loss, perturbed)
+
+  def __call__(self, images, labels, step):
+    model = self.model
+    non_trainable_before = ([tf.identity(v.value) for v in model.non_trainable_variables]
+                            if self.sam_rho else None)
+    with tf.GradientTape() as tape, randomness.draws(self.seed, step):
+      logits = model(images, training=True)
+      loss, scaled_loss, stats = self._scaled_loss_and_stats(logits, labels)
+    grads = tape.gradient(scaled_loss, model.trainable_variables)
+    if self.sam_rho:
+      grads = self._sharpness_aware(grads, images, labels, step, non_trainable_before)
+    diverged = tf.logical_not(tf.math.is_finite(loss))
+    if self.loss_scaled:  # The check LossScaleOptimizer makes: float16 gradients
+      # overflow now and then at the current scale; only a non-finite loss diverges.
+      overflowed = tf.logical_not(tf.reduce_all(
+          [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+    else:
+      diverged |= tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads)))
+      overflowed = tf.zeros_like(diverged)
+    return grads, stats, tf.cast(tf.stack([diverged, overflowed]), tf.float32)
+
+
+class _Update:
+  """A replica's update, made whatever the flags and undone where `skip`: within
+  writes_masked, the optimizer's own writes; after it, a select on what Keras writes
+  around them (written_directly); the loss scale by next_loss_scale."""
+
+  def __init__(self, model, optimizer):
+    self.model, self.optimizer = model, optimizer
+    self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    self.inner = optimizer.inner_optimizer if self.loss_scaled else optimizer
+    self.written = written_directly(self.inner, model.trainable_variables)
+
+  def snapshot(self) -> list:
+    return [tf.identity(v.value) for v in self.written]
+
+  def apply(self, grads):
+    if self.loss_scaled:  # What LossScaleOptimizer does with finite gradients.
+      scale = self.optimizer.dynamic_scale.value
+      self.inner.apply([g / scale for g in grads], self.model.trainable_variables)
+    else:
+      self.optimizer.apply(grads, self.model.trainable_variables)  # All-reduces.
+
+  def select(self, skip, before):
+    """One replica in sync: each variable keeps its old value where `skip`."""
+    for variable, old in zip(self.written, before):
+      variable.assign(tf.where(skip, old, variable.value))
+
+  def select_copies(self, strategy, skip, before):
+    """More replicas (in a merge_call): each device's copy selects from its own
+    snapshot by the same all-reduced flag; no collective."""
+    for variable, old in zip(self.written, before):
+      strategy.extended.update(
+          variable.value, lambda copy, skip, old: copy.assign(tf.where(skip, old, copy)),
+          args=(skip, old), group=False)
+
+  def scale(self, overflowed, diverged):
+    if self.loss_scaled:
+      next_loss_scale(self.optimizer, overflowed, diverged)
+
+
 def make_train_steps(state, strategy: tf.distribute.Strategy, global_batch_size: int,
                      jit_compile: bool = False, stop_on_nonfinite: bool = True,
                      label_smoothing: float = 0.0, sam_rho: float = 0.0,
@@ -113,71 +209,9 @@ def make_train_steps(state, strategy: tf.distribute.Strategy, global_batch_size:
   neither the replicas nor the resume point.
   """
   _check_jit_devices(strategy, jit_compile)
-  model, optimizer = state.model, state.optimizer
-  # Float16's gradients overflow now and then at the current loss scale: such a step is
-  # skipped and the scale halved. Only a non-finite loss is divergence there.
-  loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-  inner = optimizer.inner_optimizer if loss_scaled else optimizer
-  # What a skipped step keeps besides update_step's masked writes; the loss scale
-  # follows next_loss_scale instead.
-  written = written_directly(inner, model.trainable_variables)
-
-  def scaled_loss_and_stats(logits, labels):
-    losses, stats = losses_lib.per_example_stats(logits, labels,
-                                                 label_smoothing=label_smoothing)
-    # Divide by the global batch, not the replica's: the optimizer sums the
-    # replicas' gradients, so N replicas train exactly like one device.
-    loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
-    return loss, optimizer.scale_loss(loss), stats  # Identity unless LossScaleOptimizer.
-
-  def sharpness_aware_grads(grads, images, labels, step, non_trainable_before):
-    """The gradient at the weights moved sam_rho along the normalised gradient,
-    through stateless_call: no variable is written. It reopens the step's draws,
-    so it sees the same augmentation and dropout as the first pass, and starts from
-    the batch-norm averages from before it (its updates are dropped). Per replica:
-    each moves along its own gradient."""
-    scale = sam_rho / (tf.linalg.global_norm(grads) + 1e-12)  # Loss scale cancels.
-    perturbed = [v.value + tf.cast(g, v.dtype) * scale
-                 for v, g in zip(model.trainable_variables, grads)]
-    with tf.GradientTape() as tape, randomness.draws(seed, step):
-      tape.watch(perturbed)
-      logits, _ = model.stateless_call(perturbed, non_trainable_before, images,
-                                        training=True)
-      _, scaled_loss, _ = scaled_loss_and_stats(logits, labels)
-    return tape.gradient(scaled_loss, perturbed)
-
-  def replica_grads(images, labels, step):
-    """(gradients, [loss sum, correct, count], [diverged, overflowed] as 0/1)."""
-    non_trainable_before = ([tf.identity(v.value) for v in model.non_trainable_variables]
-                            if sam_rho else None)
-    with tf.GradientTape() as tape, randomness.draws(seed, step):
-      logits = model(images, training=True)
-      loss, scaled_loss, stats = scaled_loss_and_stats(logits, labels)
-    grads = tape.gradient(scaled_loss, model.trainable_variables)
-    if sam_rho:
-      grads = sharpness_aware_grads(grads, images, labels, step, non_trainable_before)
-    diverged = tf.logical_not(tf.math.is_finite(loss))
-    if loss_scaled:  # The check LossScaleOptimizer makes.
-      overflowed = tf.logical_not(tf.reduce_all(
-          [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
-    else:
-      diverged |= tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads)))
-      overflowed = tf.zeros_like(diverged)
-    return grads, stats, tf.cast(tf.stack([diverged, overflowed]), tf.float32)
-
-  def update(grads):
-    """The step's update, made whatever the flags (within writes_masked)."""
-    if loss_scaled:  # What LossScaleOptimizer does with finite gradients.
-      scale = optimizer.dynamic_scale.value
-      inner.apply([g / scale for g in grads], model.trainable_variables)
-    else:
-      optimizer.apply(grads, model.trainable_variables)  # All-reduces across replicas.
-
-  def keep_or_skip(skip, before, overflowed, diverged):
-    for variable, old in zip(written, before):
-      variable.assign(tf.where(skip, old, variable.value))
-    if loss_scaled:
-      next_loss_scale(optimizer, overflowed, diverged)
+  gradients = _Gradients(state.model, state.optimizer, global_batch_size, label_smoothing,
+                         sam_rho, seed)
+  update = _Update(state.model, state.optimizer)
 
   # No autograph for the step's functions: their branches are on Python values, and
   # converting them took a third of the first call's tracing (fast recipe, AVX2
@@ -186,45 +220,44 @@ def make_train_steps(state, strategy: tf.distribute.Strategy, global_batch_size:
   def whole_step(images, labels, step, halted):
     """One replica in sync: gradient, decision and update in one function (one XLA
     program with --jit_compile)."""
-    grads, stats, flags = replica_grads(images, labels, step)
+    grads, stats, flags = gradients(images, labels, step)
     diverged, overflowed = tf.unstack(flags > 0)
     skip = diverged | overflowed | halted
-    before = [tf.identity(v.value) for v in written]
-    with writes_masked(inner, skip):
-      update(grads)
-    keep_or_skip(skip, before, overflowed, diverged | halted)
+    before = update.snapshot()
+    with writes_masked(update.inner, skip):
+      update.apply(grads)
+    update.select(skip, before)
+    update.scale(overflowed, diverged | halted)
     return stats, flags
 
-  compiled_grads = tf.function(replica_grads, jit_compile=jit_compile, autograph=False)
-
-  def select_copies(strategy, skip, before):
-    for variable, old in zip(written, before):
-      strategy.extended.update(
-          variable.value, lambda copy, skip, old: copy.assign(tf.where(skip, old, copy)),
-          args=(skip, old), group=False)
+  compiled_gradients = tf.function(gradients.__call__, jit_compile=jit_compile,
+                                   autograph=False)
 
   @tf.autograph.experimental.do_not_convert
   def replica_update(grads, skip, overflowed, diverged):
-    before = [tf.identity(v.value) for v in written]
-    update(grads)  # Within writes_masked: entered once, outside the replicas' threads.
-    # Each replica's copy selects by the same all-reduced flags, from its own snapshot
-    # (passed as an argument, so each device's): no collective.
-    tf.distribute.get_replica_context().merge_call(select_copies, args=(skip, before))
-    if loss_scaled:
-      next_loss_scale(optimizer, overflowed, diverged)
+    before = update.snapshot()
+    update.apply(grads)  # Within writes_masked: entered once, outside the replicas' threads.
+    tf.distribute.get_replica_context().merge_call(update.select_copies,
+                                                   args=(skip, before))
+    update.scale(overflowed, diverged)
 
   def split_step(images, labels, step, halted):
     """More replicas: their gradients, one all-reduce of their flags, the update."""
-    grads, stats, flags = strategy.run(compiled_grads, args=(images, labels, step))
+    grads, stats, flags = strategy.run(compiled_gradients, args=(images, labels, step))
     # One all-reduce of [diverged, overflowed]: every replica decides alike.
     reduced = strategy.reduce(SUM, flags, axis=None)
     diverged, overflowed = tf.unstack(reduced > 0)
     skip = diverged | overflowed | halted
-    with writes_masked(inner, skip):
+    with writes_masked(update.inner, skip):
       strategy.run(replica_update, args=(grads, skip, overflowed, diverged | halted))
-    return stats, reduced
+    return strategy.reduce(SUM, stats, axis=None), reduced
 
-  single = strategy.num_replicas_in_sync == 1
+  def single_step(images, labels, step, halted):
+    stats, flags = strategy.run(whole_step, args=(images, labels, step, halted))
+    return (strategy.experimental_local_results(stats)[0],
+            strategy.experimental_local_results(flags)[0])
+
+  one_step = single_step if strategy.num_replicas_in_sync == 1 else split_step
 
   @tf.function
   def train_steps(iterator, num_steps):
@@ -232,17 +265,10 @@ def make_train_steps(state, strategy: tf.distribute.Strategy, global_batch_size:
     halted = tf.constant(False)  # stop_on_nonfinite, after a non-finite step.
     first_step = state.step.read_value()  # Advanced by the caller after the call.
     for index in tf.range(num_steps):
-      step = first_step + tf.cast(index, tf.int64)
       images, labels = next(iterator)
-      if single:
-        stats, flags = strategy.run(whole_step, args=(images, labels, step, halted))
-        stats, flags = (strategy.experimental_local_results(x)[0] for x in (stats, flags))
-      else:
-        stats, flags = split_step(images, labels, step, halted)
+      stats, flags = one_step(images, labels, first_step + tf.cast(index, tf.int64), halted)
       diverged = flags[0] > 0
-      applied = tf.logical_not(diverged | halted)
-      totals += tf.where(applied, strategy.reduce(SUM, stats, axis=None) if not single
-                         else stats, 0.0)
+      totals += tf.where(diverged | halted, 0.0, stats)
       skipped += tf.cast(diverged & tf.logical_not(halted), tf.float32)
       if stop_on_nonfinite:
         halted |= diverged
