@@ -29,8 +29,8 @@ _local = threading.local()
 class _StepDraws:
   """The key of one train step and how many draws its layers have taken."""
 
-  def __init__(self, seed, step):
-    seed_pair = tf.constant([seed, 0], tf.int64)
+  def __init__(self, seed, step, stream=0):
+    seed_pair = tf.constant([seed, stream], tf.int64)
     self.key = tf.random.experimental.stateless_fold_in(seed_pair, tf.cast(step, tf.int64))
     self.count = 0
 
@@ -40,12 +40,18 @@ class _StepDraws:
     return key
 
 
+# The model's layers draw from stream 0; the training-batch transforms
+# (mnist/batch_transforms/) from their own, so SAM's second pass, which reopens only
+# the model's, sees the same dropout as the first.
+MODEL_STREAM, BATCH_TRANSFORM_STREAM = 0, 1
+
+
 @contextlib.contextmanager
-def draws(seed: int, step):
-  """Within this block, random training layers draw from (seed, step): `step` is the
-  global step being trained (a tensor inside tf.function)."""
+def draws(seed: int, step, stream: int = MODEL_STREAM):
+  """Within this block, random training layers draw from (seed, step, stream): `step`
+  is the global step being trained (a tensor inside tf.function)."""
   previous = getattr(_local, 'step_draws', None)
-  _local.step_draws = _StepDraws(seed, step)
+  _local.step_draws = _StepDraws(seed, step, stream)
   try:
     yield
   finally:
@@ -74,6 +80,18 @@ def uniform(batch, shape, minval=0.0, maxval=1.0):
   replica, num_replicas = replica_slice()
   values = tf.random.stateless_uniform([batch * num_replicas, *shape], seed=_next_key(),
                                        minval=minval, maxval=maxval)
+  if num_replicas == 1:
+    return values
+  return values[replica * batch:(replica + 1) * batch]
+
+
+def beta(batch, alpha: float):
+  """float32 Beta(alpha, alpha) draws, one per example: this replica's `batch` rows of
+  one draw for the whole global batch (X / (X + Y) of two Gamma(alpha) draws)."""
+  replica, num_replicas = replica_slice()
+  x, y = (tf.random.stateless_gamma([batch * num_replicas], seed=_next_key(), alpha=alpha)
+          for _ in range(2))
+  values = x / (x + y)
   if num_replicas == 1:
     return values
   return values[replica * batch:(replica + 1) * batch]

@@ -9,11 +9,12 @@ GPU, where an MNIST step takes about a millisecond, that stalls the launch queue
 the host reads the device once per call, the one tensor the call returns.
 """
 import contextlib
-from typing import Callable
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
 
+from mnist import batch_transforms
 from mnist import errors
 from mnist import losses as losses_lib
 from mnist import randomness
@@ -101,21 +102,24 @@ class _Gradients:
   overflowed] as 0/1) of its batch. Dropout and augmentation draw from (seed, step)."""
 
   def __init__(self, model, optimizer, global_batch_size: int, label_smoothing: float,
-               sam_rho: float, seed: int):
+               sam_rho: float, seed: int, batch_stage: Optional[Callable] = None):
     self.model, self.optimizer = model, optimizer
+    # The training-batch transforms (mnist/batch_transforms/), once per step.
+    self.batch_stage = batch_stage or (lambda images, labels: (images, None))
     self.global_batch_size, self.label_smoothing = global_batch_size, label_smoothing
     self.sam_rho, self.seed = sam_rho, seed
     self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-  def _scaled_loss_and_stats(self, logits, labels):
+  def _scaled_loss_and_stats(self, logits, labels, targets):
     losses, stats = losses_lib.per_example_stats(logits, labels,
-                                                 label_smoothing=self.label_smoothing)
+                                                 label_smoothing=self.label_smoothing,
+                                                 targets=targets)
     # Divide by the global batch, not the replica's: the optimizer sums the
     # replicas' gradients, so N replicas train exactly like one device.
     loss = tf.nn.compute_average_loss(losses, global_batch_size=self.global_batch_size)
     return loss, self.optimizer.scale_loss(loss), stats  # Identity unless loss-scaled.
 
-  def _sharpness_aware(self, grads, images, labels, step, non_trainable_before):
+  def _sharpness_aware(self, grads, images, labels, targets, step, non_trainable_before):
     """The gradient at the weights moved sam_rho along the normalised gradient,
     through stateless_call: no variable is written. It reopens the step's draws,
     so it sees the same augmentation and dropout as the first pass, and starts from
@@ -129,19 +133,22 @@ class _Gradients:
       tape.watch(perturbed)
       logits, _ = model.stateless_call(perturbed, non_trainable_before, images,
                                         training=True)
-      _, scaled_loss, _ = self._scaled_loss_and_stats(logits, labels)
+      _, scaled_loss, _ = self._scaled_loss_and_stats(logits, labels, targets)
     return tape.gradient(scaled_loss, perturbed)
 
   def __call__(self, images, labels, step):
     model = self.model
     non_trainable_before = ([tf.identity(v.value) for v in model.non_trainable_variables]
                             if self.sam_rho else None)
+    with randomness.draws(self.seed, step, randomness.BATCH_TRANSFORM_STREAM):
+      images, targets = self.batch_stage(images, labels)
     with tf.GradientTape() as tape, randomness.draws(self.seed, step):
       logits = model(images, training=True)
-      loss, scaled_loss, stats = self._scaled_loss_and_stats(logits, labels)
+      loss, scaled_loss, stats = self._scaled_loss_and_stats(logits, labels, targets)
     grads = tape.gradient(scaled_loss, model.trainable_variables)
-    if self.sam_rho:
-      grads = self._sharpness_aware(grads, images, labels, step, non_trainable_before)
+    if self.sam_rho:  # On the same transformed batch.
+      grads = self._sharpness_aware(grads, images, labels, targets, step,
+                                    non_trainable_before)
     diverged = tf.logical_not(tf.math.is_finite(loss))
     if self.loss_scaled:  # The check LossScaleOptimizer makes: float16 gradients
       # overflow now and then at the current scale; only a non-finite loss diverges.
@@ -195,7 +202,7 @@ class _Update:
 def make_train_steps(state, strategy: tf.distribute.Strategy, global_batch_size: int,
                      jit_compile: bool = False, stop_on_nonfinite: bool = True,
                      label_smoothing: float = 0.0, sam_rho: float = 0.0,
-                     seed: int = 0) -> Callable:
+                     seed: int = 0, batch_stage: Optional[Callable] = None) -> Callable:
   """Returns train_steps(iterator, num_steps) -> float32 [OUTPUTS]: the summed loss,
   correct and count of the applied steps, the batches consumed and the non-finite
   steps skipped; `read` turns it into numbers with one host read.
@@ -204,13 +211,15 @@ def make_train_steps(state, strategy: tf.distribute.Strategy, global_batch_size:
   stop_on_nonfinite the call consumes only up to that batch (consumed < num_steps: the
   caller names the step and stops; the call's later batches are computed, not applied);
   otherwise it is skipped and counted. sam_rho > 0: sharpness-aware minimisation
-  (Foret et al. 2021), two passes per step. Dropout and augmentation draw from (seed,
-  the step's number: state.step plus the batch's place in the call), so they depend on
-  neither the replicas nor the resume point.
+  (Foret et al. 2021), two passes per step. batch_stage: the training-batch transforms
+  (mnist/batch_transforms/), (images, labels) -> (images, targets or None). Dropout,
+  augmentation and the transforms draw from (seed, the step's number: state.step plus
+  the batch's place in the call), so they depend on neither the replicas nor the
+  resume point.
   """
   _check_jit_devices(strategy, jit_compile)
   gradients = _Gradients(state.model, state.optimizer, global_batch_size, label_smoothing,
-                         sam_rho, seed)
+                         sam_rho, seed, batch_stage)
   update = _Update(state.model, state.optimizer)
 
   # No autograph for the step's functions: their branches are on Python values, and
@@ -284,4 +293,6 @@ def train_steps_for(config, state, strategy: tf.distribute.Strategy) -> Callable
   return make_train_steps(state, strategy, config.batch_size, config.jit_compile,
                           stop_on_nonfinite=config.nan_policy == 'stop',
                           label_smoothing=config.label_smoothing, sam_rho=config.sam_rho,
-                          seed=config.seed)
+                          seed=config.seed,
+                          batch_stage=batch_transforms.make_stage(
+                              config, state.model.output_shape[-1]))
