@@ -4,6 +4,7 @@ Library code never reads FLAGS; scripts call `define_train_flags()` at import,
 then `train_config_from_flags()` in `main`. This module does not import
 TensorFlow, so invalid flags are reported before TensorFlow loads.
 """
+import dataclasses
 import os
 import sys
 from typing import Sequence
@@ -24,147 +25,38 @@ MANUAL_DIR_ENV = 'TFDS_MANUAL_DIR'
 _DEFAULTS = config_lib.TrainConfig()
 
 
+def _define(field: dataclasses.Field, flag_values: flags.FlagValues):
+  """The absl flag of a TrainConfig field: its name, type, default and help (with its
+  choices), all from the field's declaration in mnist/config.py."""
+  help_text = field.metadata['help']
+  choices = config_lib.choices(field)
+  if choices:
+    help_text += ' One of: ' + ', '.join(choices) + '.'
+  define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+            float: flags.DEFINE_float}.get(field.type, flags.DEFINE_string)
+  define(field.name, field.default, help_text, flag_values=flag_values)
+
+
 def define_data_flags(flag_values: flags.FlagValues = FLAGS):
   """--model_dir and the data flags: what every script that reads a run needs."""
-  d, fv = _DEFAULTS, {'flag_values': flag_values}
-  flags.DEFINE_string('model_dir', d.model_dir,
-                      'Checkpoints, TensorBoard events, config.json and results.json go '
-                      'here. Rerunning with the same --model_dir resumes.', **fv)
-  flags.DEFINE_string('dataset', d.dataset,
-                      'TFDS image-classification dataset with 28x28x1 images.', **fv)
-  flags.DEFINE_string('data_dir', d.data_dir, "TFDS data_dir (default: TFDS's own).", **fv)
-  flags.DEFINE_string('tfds_manual_dir', d.tfds_manual_dir,
-                      'Folder holding the dataset\'s original files, from which TFDS '
-                      f'builds it without network access. Falls back to ${MANUAL_DIR_ENV}.', **fv)
-  flags.DEFINE_string('train_split', d.train_split,
-                      "TFDS split string for training, e.g. 'train[:6400]' for a short run.", **fv)
-  flags.DEFINE_string('eval_split', d.eval_split, 'TFDS split string for evaluation.', **fv)
-  flags.DEFINE_string('validation_split', d.validation_split,
-                      "Split for per-epoch evaluation and any choice, e.g. 'train[55000:]' "
-                      "with --train_split='train[:55000]'; the test split is then only "
-                      'reported at the end.', **fv)
-  flags.DEFINE_integer('eval_batch_size', d.eval_batch_size,
-                       'Global evaluation batch; the last batch is padded, never dropped.', **fv)
+  for field in dataclasses.fields(config_lib.TrainConfig):
+    if field.metadata['data']:
+      _define(field, flag_values)
 
 
 def define_train_flags(flag_values: flags.FlagValues = FLAGS):
-  """Defines every TrainConfig flag. Call once, at a script's import time (or on a
-  private FlagValues, as `parse_train_flags` does)."""
+  """Defines every TrainConfig flag from its field. Call once, at a script's import
+  time (or on a private FlagValues, as `parse_train_flags` does)."""
   define_data_flags(flag_values)
-  d, fv = _DEFAULTS, {'flag_values': flag_values}
-  flags.DEFINE_integer('epochs', d.epochs, 'Total epochs; a larger value continues a run.', **fv)
-  flags.DEFINE_integer('batch_size', d.batch_size,
-                       'Global training batch, split evenly across replicas.', **fv)
-  flags.DEFINE_float('learning_rate', d.learning_rate, 'Adam learning rate.', **fv)
-  flags.DEFINE_string('model', d.model, 'Model: ' + ', '.join(config_lib.MODELS) + '.', **fv)
-  flags.DEFINE_bool('batch_norm', d.batch_norm, 'Batch normalisation after each conv.', **fv)
-  flags.DEFINE_float('width', d.width,
-                     "Multiplies the channels of every conv and hidden dense layer of "
-                     "--model (1: the model as described).", **fv)
-  flags.DEFINE_bool('augment', d.augment,
-                    'Random shifts, rotations, scales and optionally an elastic distortion '
-                    'while training, in one resample (sizes below); never at evaluation.', **fv)
-  flags.DEFINE_float('augment_shift_pixels', d.augment_shift_pixels,
-                     'With --augment: largest shift, in pixels, each way and axis.', **fv)
-  flags.DEFINE_float('augment_rotation_degrees', d.augment_rotation_degrees,
-                     'With --augment: largest rotation, in degrees, either way.', **fv)
-  flags.DEFINE_float('augment_zoom', d.augment_zoom,
-                     'With --augment: largest zoom in or out, as a fraction of the size.', **fv)
-  flags.DEFINE_float('augment_elastic_alpha', d.augment_elastic_alpha,
-                     'With --augment: elastic distortion (Simard et al. 2003) of this size, '
-                     'in pixels, after the shifts, rotations and scales; 0: off. Simard '
-                     'used 34 with --augment_elastic_sigma=4.', **fv)
-  flags.DEFINE_float('augment_elastic_sigma', d.augment_elastic_sigma,
-                     'Smoothness of the elastic distortion: the Gaussian sigma in pixels.', **fv)
-  flags.DEFINE_integer('augment_cutout_pixels', d.augment_cutout_pixels,
-                       'With --augment: after the distortion, zero a square of this side '
-                       '(pixels) at a random centre in each image (cutout, DeVries & Taylor '
-                       '2017); 0: off.', **fv)
-  flags.DEFINE_string('lr_schedule', d.lr_schedule,
-                      'Learning-rate schedule over all --epochs: ' +
-                      ', '.join(config_lib.SCHEDULES) + '. --learning_rate is the peak.', **fv)
-  flags.DEFINE_float('warmup_fraction', d.warmup_fraction,
-                     'Fraction of all steps spent warming up (one_cycle, warmup_cosine).', **fv)
-  flags.DEFINE_float('adam_beta1', d.adam_beta1, 'Adam beta_1.', **fv)
-  flags.DEFINE_float('adam_beta2', d.adam_beta2, 'Adam beta_2.', **fv)
-  flags.DEFINE_float('weight_decay', d.weight_decay,
-                     'Decoupled weight decay (AdamW-style) of conv and dense kernels: each '
-                     'step scales them by 1 - weight_decay * learning rate. 0: off.', **fv)
-  flags.DEFINE_float('label_smoothing', d.label_smoothing, 'Label smoothing of the train loss.',
-                     **fv)
-  flags.DEFINE_float('ema_momentum', d.ema_momentum,
-                     'If > 0, keep an exponential moving average of the weights with this '
-                     'momentum and evaluate (and export) it.', **fv)
-  flags.DEFINE_float('sam_rho', d.sam_rho,
-                     'If > 0, sharpness-aware minimisation (SAM): each step takes the '
-                     'gradient at the weights moved this far (L2) up the gradient, so it '
-                     'costs two forward and backward passes. Per replica. 0: off.', **fv)
-  flags.DEFINE_float('dropout_rate', d.dropout_rate,
-                     'Dropout before the logits layer (strided_cnn: also after each block).', **fv)
-  flags.DEFINE_integer('seed', d.seed, 'Seed for weights, dropout and the shuffle order.', **fv)
-  flags.DEFINE_string('strategy', d.strategy,
-                      'tf.distribute strategy: ' + ', '.join(config_lib.STRATEGIES) +
-                      '. mirrored uses all local GPUs, or --cpu_devices logical CPUs; '
-                      'multi_worker: MultiWorkerMirroredStrategy over the cluster in '
-                      f'${cluster.TF_CONFIG_ENV}, else the srun step this process is a '
-                      "task of (Slurm's variables); tpu: TPUStrategy (untested here).", **fv)
-  flags.DEFINE_integer('cpu_devices', d.cpu_devices,
-                       'Split the CPU into this many logical devices (for '
-                       '--strategy=mirrored on a machine without GPUs).', **fv)
-  flags.DEFINE_string('collective_communication', d.collective_communication,
-                      'multi_worker all-reduce implementation: ' +
-                      ', '.join(config_lib.COLLECTIVE_COMMUNICATIONS) +
-                      ' (nccl needs GPUs; auto: nccl when every device of the worker is '
-                      'a GPU, else ring).', **fv)
-  flags.DEFINE_float('collective_timeout_seconds', d.collective_timeout_seconds,
-                     'multi_worker: a collective op that takes longer fails the run '
-                     '(catches a worker that is alive but stuck). 0: no limit. Costs a '
-                     'thread per collective.', **fv)
-  flags.DEFINE_integer('worker_heartbeat_timeout_seconds',
-                       d.worker_heartbeat_timeout_seconds,
-                       'multi_worker: a worker that sends no heartbeat for this long is '
-                       'declared lost and the others stop (exit 75).', **fv)
-  flags.DEFINE_integer('worker_startup_timeout_seconds', d.worker_startup_timeout_seconds,
-                       'multi_worker: every worker in $TF_CONFIG must connect within this '
-                       'long of the first, or all fail.', **fv)
+  for field in dataclasses.fields(config_lib.TrainConfig):
+    if not field.metadata['data']:
+      _define(field, flag_values)
   # Where the workers listen, not what the run trains: a flag, not a TrainConfig field.
   flags.DEFINE_integer('worker_port', None,
                        'multi_worker under srun: task j on a node listens on this port + j. '
                        'Default: a block of 16 ports in 10000-32767 chosen from '
-                       '$SLURM_JOB_ID and the step id, so jobs sharing a node differ.', **fv)
-  flags.DEFINE_bool('jit_compile', d.jit_compile, 'Compile the train step with XLA.', **fv)
-  flags.DEFINE_string('mixed_precision', d.mixed_precision,
-                      'Keras dtype policy: ' + ', '.join(config_lib.PRECISION_CHOICES) +
-                      '. auto: mixed_bfloat16 where the hardware computes bfloat16 '
-                      'natively (CPUs with AVX-512 BF16 or AMX, GPUs from compute '
-                      'capability 8.0), mixed_float16 on GPUs 7.x, else float32.', **fv)
-  flags.DEFINE_integer('log_every_steps', d.log_every_steps,
-                       'Write train summaries and a progress line every N steps.', **fv)
-  flags.DEFINE_integer('steps_per_loop', d.steps_per_loop,
-                       'Train steps run inside one tf.function call.', **fv)
-  flags.DEFINE_bool('input_on_device', d.input_on_device,
-                    'With --strategy=default: keep the training split on the device and '
-                    'gather each batch there inside the compiled loop, instead of a '
-                    'tf.data batch copied from the host every step. The same batches in '
-                    'the same order, so the same weights.', **fv)
-  flags.DEFINE_integer('checkpoints_to_keep', d.checkpoints_to_keep,
-                       'How many recent checkpoints CheckpointManager keeps.', **fv)
-  flags.DEFINE_integer('checkpoint_every_steps', d.checkpoint_every_steps,
-                       'Also checkpoint every N steps (0: only at each epoch end). A killed '
-                       'run loses at most N steps.', **fv)
-  flags.DEFINE_bool('deterministic', d.deterministic,
-                    'Deterministic ops and input: reruns and resumed runs end with '
-                    'bit-identical weights (same weights_sha256). Slower.', **fv)
-  flags.DEFINE_string('nan_policy', d.nan_policy,
-                      'On a non-finite loss or gradient norm: stop (exit 3, last '
-                      'checkpoint kept) or skip_step (drop that update, count it).', **fv)
-  flags.DEFINE_bool('epoch_summaries', d.epoch_summaries,
-                    'Per-epoch TensorBoard images (confusion matrix, misclassified digits) '
-                    'and histograms. Off for speed runs.', **fv)
-  flags.DEFINE_string('profile_steps', d.profile_steps,
-                      'START,END: trace train steps START..END (1-based, rounded to '
-                      '--steps_per_loop calls) into MODEL_DIR/plugins/profile for '
-                      "TensorBoard's Profile tab. Empty: no trace.", **fv)
+                       '$SLURM_JOB_ID and the step id, so jobs sharing a node differ.',
+                       flag_values=flag_values)
 
 
 def define_report_flags():

@@ -25,67 +25,237 @@ MODELS = models.names()  # The registry's (mnist/models/), read without TensorFl
 SCHEDULES = ('constant', 'one_cycle', 'warmup_cosine')
 
 
+def _flag(default, help: str, check=None, data: bool = False):
+  """A TrainConfig field declared once: its default, its flag's --help, and its check,
+  (predicate, what a valid value is); `data`: one of the flags every script reading a
+  run defines (cli.define_data_flags). The absl flags (mnist/cli.py), --help and the
+  check before TensorFlow loads all derive from it."""
+  return dataclasses.field(default=default,
+                           metadata={'help': help, 'check': check, 'data': data})
+
+
+_NOT_EMPTY = (bool, 'must not be empty')
+
+
+def _at_least(low, note=''):
+  return (lambda v: v >= low, f'must be >= {low}{note}')
+
+
+def _above(low):
+  return (lambda v: v > low, f'must be > {low}')
+
+
+def _within(low, high, note=''):
+  return (lambda v: low <= v < high, f'must be in [{low}, {high}){note}')
+
+
+def _one_of(choices):
+  """choices: a function returning them, read when checked (the model registry can
+  grow after this module loads)."""
+  return (lambda v: v in choices(), choices)
+
+
+def choices(field: dataclasses.Field):
+  """The field's allowed values, or None when any value of its type may do."""
+  check = field.metadata.get('check')
+  return check[1]() if check and callable(check[1]) else None
+
+
+def field_problems(config) -> list:
+  """Every field whose value fails its declared check, as a message naming the flag."""
+  problems = []
+  for field in dataclasses.fields(config):
+    check, value = field.metadata.get('check'), getattr(config, field.name)
+    if check and not check[0](value):
+      what = check[1]
+      problems.append(f'--{field.name} must be one of {", ".join(what())}; got {value!r}.'
+                      if callable(what) else f'--{field.name} {what}, got {value!r}.')
+  return problems
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Everything a training run depends on. Defaults reproduce the seed recipe."""
-  model_dir: str = 'runs/mnist'
-  dataset: str = 'mnist'
-  data_dir: Optional[str] = None  # TFDS data_dir; None means TFDS's default.
-  tfds_manual_dir: Optional[str] = None  # Folder with the dataset's original files.
-  train_split: str = 'train'
-  eval_split: str = 'test'
+  """Everything a training run depends on, each field declared once with its flag's
+  help and its check. Defaults reproduce the seed recipe."""
+  model_dir: str = _flag('runs/mnist',
+      'Checkpoints, TensorBoard events, config.json and results.json go here. Rerunning '
+      'with the same --model_dir resumes.',
+      check=_NOT_EMPTY,
+      data=True)
+  dataset: str = _flag('mnist',
+      'TFDS image-classification dataset with 28x28x1 images.',
+      check=_NOT_EMPTY,
+      data=True)
+  data_dir: Optional[str] = _flag(None,
+      "TFDS data_dir (default: TFDS's own).",
+      data=True)
+  tfds_manual_dir: Optional[str] = _flag(None,
+      "Folder holding the dataset's original files, from which TFDS builds it without "
+      'network access. Falls back to $TFDS_MANUAL_DIR.',
+      data=True)
+  train_split: str = _flag('train',
+      "TFDS split string for training, e.g. 'train[:6400]' for a short run.",
+      data=True)
+  eval_split: str = _flag('test',
+      'TFDS split string for evaluation.',
+      data=True)
   # Carved from the training data (e.g. 'train[55000:]') for choosing anything;
   # when set, each epoch evaluates on it and the test split is only reported at the end.
-  validation_split: str = ''
-  epochs: int = 5
-  batch_size: int = 64  # Global: split evenly across replicas.
-  eval_batch_size: int = 1000
-  model: str = 'seed_cnn'
-  batch_norm: bool = False
-  width: float = 1.0  # Multiplies the model's channels.
-  augment: bool = False  # Random shifts, rotations, scales (elastic) while training.
+  validation_split: str = _flag('',
+      "Split for per-epoch evaluation and any choice, e.g. 'train[55000:]' with "
+      "--train_split='train[:55000]'; the test split is then only reported at the end.",
+      data=True)
+  epochs: int = _flag(5,
+      'Total epochs; a larger value continues a run.',
+      check=_at_least(0))
+  batch_size: int = _flag(64,
+      'Global training batch, split evenly across replicas.',
+      check=_above(0))
+  eval_batch_size: int = _flag(1000,
+      'Global evaluation batch; the last batch is padded, never dropped.',
+      check=_above(0),
+      data=True)
+  model: str = _flag('seed_cnn',
+      'The model (mnist/models/).',
+      check=_one_of(lambda: MODELS))
+  batch_norm: bool = _flag(False,
+      'Batch normalisation after each conv.')
+  width: float = _flag(1.0,
+      'Multiplies the channels of every conv and hidden dense layer of --model (1: the '
+      'model as described).',
+      check=(lambda v: 0 < v <= 16, 'must be in (0, 16]'))
+  augment: bool = _flag(False,
+      'Random shifts, rotations, scales and optionally an elastic distortion while '
+      'training, in one resample (sizes below); never at evaluation.')
   # Their largest sizes, each drawn uniformly in [-max, max] per image.
-  augment_shift_pixels: float = 2.0
-  augment_rotation_degrees: float = 10.0
-  augment_zoom: float = 0.1  # Fraction of the image size.
-  augment_elastic_alpha: float = 0.0  # Elastic distortion, in pixels; 0: off.
-  augment_elastic_sigma: float = 4.0  # Its smoothness, in pixels.
-  augment_cutout_pixels: int = 0  # Side of a square zeroed per image (cutout); 0: off.
-  learning_rate: float = 1e-3  # Adam; the peak of a schedule.
-  lr_schedule: str = 'constant'
-  warmup_fraction: float = 0.2  # Of all steps, for one_cycle and warmup_cosine.
-  adam_beta1: float = 0.9
-  adam_beta2: float = 0.999
-  weight_decay: float = 0.0  # Decoupled (AdamW-style), kernels only; 0: off.
-  label_smoothing: float = 0.0
-  ema_momentum: float = 0.0  # > 0: evaluate an exponential moving average of the weights.
-  sam_rho: float = 0.0  # > 0: sharpness-aware minimisation radius; 0: off.
-  dropout_rate: float = 0.5
-  seed: int = 0
-  strategy: str = 'default'
-  cpu_devices: int = 1
+  augment_shift_pixels: float = _flag(2.0,
+      'With --augment: largest shift, in pixels, each way and axis.',
+      check=_within(0, 14))
+  augment_rotation_degrees: float = _flag(10.0,
+      'With --augment: largest rotation, in degrees, either way.',
+      check=_within(0, 180))
+  augment_zoom: float = _flag(0.1,
+      'With --augment: largest zoom in or out, as a fraction of the size.',
+      check=_within(0, 1))
+  augment_elastic_alpha: float = _flag(0.0,
+      'With --augment: elastic distortion (Simard et al. 2003) of this size, in pixels, '
+      'after the shifts, rotations and scales; 0: off. Simard used 34 with '
+      '--augment_elastic_sigma=4.',
+      check=_within(0, 100))
+  augment_elastic_sigma: float = _flag(4.0,
+      'Smoothness of the elastic distortion: the Gaussian sigma in pixels.',
+      check=_above(0))
+  augment_cutout_pixels: int = _flag(0,
+      'With --augment: after the distortion, zero a square of this side (pixels) at a '
+      'random centre in each image (cutout, DeVries & Taylor 2017); 0: off.',
+      check=_within(0, 28))
+  learning_rate: float = _flag(0.001,
+      'Adam learning rate.',
+      check=_above(0))
+  lr_schedule: str = _flag('constant',
+      'Learning-rate schedule over all --epochs; --learning_rate is the peak.',
+      check=_one_of(lambda: SCHEDULES))
+  warmup_fraction: float = _flag(0.2,
+      'Fraction of all steps spent warming up (one_cycle, warmup_cosine).',
+      check=_within(0, 1))
+  adam_beta1: float = _flag(0.9,
+      'Adam beta_1.',
+      check=_within(0, 1))
+  adam_beta2: float = _flag(0.999,
+      'Adam beta_2.',
+      check=_within(0, 1))
+  weight_decay: float = _flag(0.0,
+      'Decoupled weight decay (AdamW-style) of conv and dense kernels: each step scales '
+      'them by 1 - weight_decay * learning rate. 0: off.',
+      check=_within(0, 1, ' (0: off)'))
+  label_smoothing: float = _flag(0.0,
+      'Label smoothing of the train loss.',
+      check=_within(0, 1))
+  ema_momentum: float = _flag(0.0,
+      'If > 0, keep an exponential moving average of the weights with this momentum and '
+      'evaluate (and export) it.',
+      check=_within(0, 1, ' (0: off)'))
+  sam_rho: float = _flag(0.0,
+      'If > 0, sharpness-aware minimisation (SAM): each step takes the gradient at the '
+      'weights moved this far (L2) up the gradient, so it costs two forward and backward '
+      'passes. Per replica. 0: off.',
+      check=_at_least(0, ' (0: off)'))
+  dropout_rate: float = _flag(0.5,
+      'Dropout before the logits layer (strided_cnn: also after each block).',
+      check=_within(0, 1))
+  seed: int = _flag(0,
+      'Seed for weights, dropout and the shuffle order.')
+  strategy: str = _flag('default',
+      'tf.distribute strategy. mirrored '
+      'uses all local GPUs, or --cpu_devices logical CPUs; multi_worker: '
+      'MultiWorkerMirroredStrategy over the cluster in $TF_CONFIG, else the srun step this '
+      "process is a task of (Slurm's variables); tpu: TPUStrategy (untested here).",
+      check=_one_of(lambda: STRATEGIES))
+  cpu_devices: int = _flag(1,
+      'Split the CPU into this many logical devices (for --strategy=mirrored on a machine '
+      'without GPUs).',
+      check=_at_least(1))
   # --strategy=multi_worker only (the cluster itself comes from $TF_CONFIG).
-  collective_communication: str = 'auto'
-  collective_timeout_seconds: float = 0.0  # 0: a collective may wait forever.
-  worker_heartbeat_timeout_seconds: int = 30  # A silent worker is lost after this.
-  worker_startup_timeout_seconds: int = 600  # All workers must connect within this.
-  jit_compile: bool = False
-  mixed_precision: str = 'float32'
-  log_every_steps: int = 100
+  collective_communication: str = _flag('auto',
+      'multi_worker all-reduce implementation (nccl needs GPUs; auto: '
+      'nccl when every device of the worker is a GPU, else ring).',
+      check=_one_of(lambda: COLLECTIVE_COMMUNICATIONS))
+  collective_timeout_seconds: float = _flag(0.0,
+      'multi_worker: a collective op that takes longer fails the run (catches a worker that '
+      'is alive but stuck). 0: no limit. Costs a thread per collective.',
+      check=_at_least(0, ' (0: none)'))
+  worker_heartbeat_timeout_seconds: int = _flag(30,
+      'multi_worker: a worker that sends no heartbeat for this long is declared lost and '
+      'the others stop (exit 75).',
+      check=_above(0))
+  worker_startup_timeout_seconds: int = _flag(600,
+      'multi_worker: every worker in $TF_CONFIG must connect within this long of the first, '
+      'or all fail.',
+      check=_above(0))
+  jit_compile: bool = _flag(False,
+      'Compile the train step with XLA.')
+  mixed_precision: str = _flag('float32',
+      'Keras dtype policy. auto: '
+      'mixed_bfloat16 where the hardware computes bfloat16 natively (CPUs with AVX-512 BF16 '
+      'or AMX, GPUs from compute capability 8.0), mixed_float16 on GPUs 7.x, else float32.',
+      check=_one_of(lambda: PRECISION_CHOICES))
+  log_every_steps: int = _flag(100,
+      'Write train summaries and a progress line every N steps.',
+      check=_above(0))
   # Train steps per tf.function call. 10 measured +8-15% images/s over 1 on the
   # 2-core CPU (fewer host round trips; BUILD.md, Measured) and costs nothing else:
   # calls still end at every log, checkpoint and epoch boundary.
-  steps_per_loop: int = 10
+  steps_per_loop: int = _flag(10,
+      'Train steps run inside one tf.function call.',
+      check=_above(0))
   # The default strategy only: the training split as device tensors, each batch
   # gathered on the device inside the loop (mnist/device_input.py); the same batches.
-  input_on_device: bool = False
-  checkpoints_to_keep: int = 3
-  checkpoint_every_steps: int = 0  # 0: only at each epoch end.
-  deterministic: bool = False  # Bit-identical reruns and resumes (slower ops).
-  nan_policy: str = 'stop'
-  # 'START,END': trace steps START..END for TensorBoard's Profile tab; None: off.
-  profile_steps: Optional[str] = None
-  epoch_summaries: bool = True  # Per-epoch images and histograms in TensorBoard.
+  input_on_device: bool = _flag(False,
+      'With --strategy=default: keep the training split on the device and gather each batch '
+      'there inside the compiled loop, instead of a tf.data batch copied from the host '
+      'every step. The same batches in the same order, so the same weights.')
+  checkpoints_to_keep: int = _flag(3,
+      'How many recent checkpoints CheckpointManager keeps.',
+      check=_above(0))
+  checkpoint_every_steps: int = _flag(0,
+      'Also checkpoint every N steps (0: only at each epoch end). A killed run loses at '
+      'most N steps.',
+      check=_at_least(0))
+  deterministic: bool = _flag(False,
+      'Deterministic ops and input: reruns and resumed runs end with bit-identical weights '
+      '(same weights_sha256). Slower.')
+  nan_policy: str = _flag('stop',
+      'On a non-finite loss or gradient norm: stop (exit 3, last checkpoint kept) or '
+      'skip_step (drop that update, count it).',
+      check=_one_of(lambda: NAN_POLICIES))
+  profile_steps: Optional[str] = _flag(None,
+      'START,END: trace train steps START..END (1-based, rounded to --steps_per_loop calls) '
+      "into MODEL_DIR/plugins/profile for TensorBoard's Profile tab. Empty: no trace.",
+      check=(lambda v: not v or _step_range(v),
+             'must be START,END with 1 <= START < END (e.g. 10,20)'))
+  epoch_summaries: bool = _flag(True,
+      'Per-epoch TensorBoard images (confusion matrix, misclassified digits) and '
+      'histograms. Off for speed runs.')
 
   def replace(self, **changes) -> 'TrainConfig':
     return dataclasses.replace(self, **changes)
@@ -104,22 +274,13 @@ class TrainConfig:
     return _step_range(self.profile_steps) if self.profile_steps else None
 
   def validate(self) -> 'TrainConfig':
-    """Raises ConfigError naming every invalid value; returns self when valid."""
-    problems = []
+    """Raises ConfigError naming every invalid value (each field's declared check, then
+    the rules across fields); returns self when valid."""
+    problems = field_problems(self)
     def check(ok, message):
       if not ok:
         problems.append(message)
 
-    check(bool(self.model_dir), '--model_dir must not be empty.')
-    check(bool(self.dataset), '--dataset must not be empty.')
-    check(self.epochs >= 0, f'--epochs must be >= 0, got {self.epochs}.')
-    check(self.batch_size > 0, f'--batch_size must be > 0, got {self.batch_size}.')
-    check(self.eval_batch_size > 0,
-          f'--eval_batch_size must be > 0, got {self.eval_batch_size}.')
-    check(self.learning_rate > 0,
-          f'--learning_rate must be > 0, got {self.learning_rate}.')
-    check(self.model in MODELS,
-          f'--model must be one of {", ".join(MODELS)}; got {self.model!r}.')
     if self.model in MODELS:
       defaults = TrainConfig()
       for option in models.refused_options(self.model, dataclasses.asdict(self),
@@ -128,74 +289,24 @@ class TrainConfig:
         check(False, f'--model={self.model} does not take --{option} (it takes '
               f'{", ".join("--" + o for o in takes) or "no model options"}); leave it at '
               f'its default, {getattr(defaults, option)}.')
-    check(self.lr_schedule in SCHEDULES,
-          f'--lr_schedule must be one of {", ".join(SCHEDULES)}; got {self.lr_schedule!r}.')
-    check(0 <= self.warmup_fraction < 1,
-          f'--warmup_fraction must be in [0, 1), got {self.warmup_fraction}.')
-    for name in ('adam_beta1', 'adam_beta2'):
-      check(0 <= getattr(self, name) < 1,
-            f'--{name} must be in [0, 1), got {getattr(self, name)}.')
-    check(0 <= self.weight_decay < 1,
-          f'--weight_decay must be in [0, 1) (0: off), got {self.weight_decay}.')
-    check(0 <= self.label_smoothing < 1,
-          f'--label_smoothing must be in [0, 1), got {self.label_smoothing}.')
-    check(self.sam_rho >= 0, f'--sam_rho must be >= 0 (0: off), got {self.sam_rho}.')
-    check(0 <= self.ema_momentum < 1,
-          f'--ema_momentum must be in [0, 1) (0: off), got {self.ema_momentum}.')
-    for name, limit in (('augment_shift_pixels', 14), ('augment_rotation_degrees', 180),
-                        ('augment_zoom', 1), ('augment_elastic_alpha', 100),
-                        ('augment_cutout_pixels', 28)):
-      check(0 <= getattr(self, name) < limit,
-            f'--{name} must be in [0, {limit}), got {getattr(self, name)}.')
-    check(self.augment_elastic_sigma > 0,
-          f'--augment_elastic_sigma must be > 0, got {self.augment_elastic_sigma}.')
-    check(0 < self.width <= 16, f'--width must be in (0, 16], got {self.width}.')
-    check(0 <= self.dropout_rate < 1,
-          f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
-    check(self.strategy in STRATEGIES,
-          f'--strategy must be one of {", ".join(STRATEGIES)}; got {self.strategy!r}.')
-    check(self.mixed_precision in PRECISION_CHOICES,
-          f'--mixed_precision must be one of {", ".join(PRECISION_CHOICES)}; '
-          f'got {self.mixed_precision!r}.')
-    check(self.cpu_devices >= 1, f'--cpu_devices must be >= 1, got {self.cpu_devices}.')
     check(self.cpu_devices == 1 or self.strategy == 'mirrored',
           f'--cpu_devices={self.cpu_devices} only makes sense with --strategy=mirrored.')
-    check(self.collective_communication in COLLECTIVE_COMMUNICATIONS,
-          '--collective_communication must be one of '
-          f'{", ".join(COLLECTIVE_COMMUNICATIONS)}; got {self.collective_communication!r}.')
-    check(self.collective_timeout_seconds >= 0,
-          f'--collective_timeout_seconds must be >= 0 (0: none), '
-          f'got {self.collective_timeout_seconds}.')
-    for name in ('worker_heartbeat_timeout_seconds', 'worker_startup_timeout_seconds'):
-      check(getattr(self, name) > 0, f'--{name} must be > 0, got {getattr(self, name)}.')
     if self.strategy != 'multi_worker':
       changed = [f'--{name}' for name in _MULTI_WORKER_FIELDS
                  if getattr(self, name) != getattr(TrainConfig, name)]
       check(not changed, f'{", ".join(changed)}: only for --strategy=multi_worker, '
             f'not --strategy={self.strategy}.')
-    check(self.log_every_steps > 0,
-          f'--log_every_steps must be > 0, got {self.log_every_steps}.')
-    check(self.steps_per_loop > 0,
-          f'--steps_per_loop must be > 0, got {self.steps_per_loop}.')
     check(not self.input_on_device or self.strategy == 'default',
           f'--input_on_device is for --strategy=default (one device), not '
           f'--strategy={self.strategy}: the distributed iterator of the others already '
           'prefetches each replica\'s share to its device.')
-    check(self.checkpoint_every_steps >= 0,
-          f'--checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}.')
-    check(self.nan_policy in NAN_POLICIES,
-          f'--nan_policy must be one of {", ".join(NAN_POLICIES)}; got {self.nan_policy!r}.')
     check(not (self.deterministic and self.jit_compile),
           '--deterministic cannot be combined with --jit_compile: XLA has no '
           'deterministic MaxPool gradient.')
-    check(self.checkpoints_to_keep > 0,
-          f'--checkpoints_to_keep must be > 0, got {self.checkpoints_to_keep}.')
-    check(not self.profile_steps or _step_range(self.profile_steps),
-          '--profile_steps must be START,END with 1 <= START < END (e.g. 10,20), '
-          f'got {self.profile_steps!r}.')
     # Without GPUs, mirrored runs one replica per logical CPU device, so the
     # replica count is known now; with GPUs it is checked once devices are listed.
-    if self.strategy == 'mirrored' and self.batch_size > 0 and self.eval_batch_size > 0:
+    if (self.strategy == 'mirrored' and self.batch_size > 0 and self.eval_batch_size > 0
+        and self.cpu_devices >= 1):
       check_divisible(self, self.cpu_devices, problems)
     if problems:
       raise errors.ConfigError(' '.join(problems))

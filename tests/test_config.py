@@ -1,11 +1,14 @@
 """Flag validation: clear messages, before TensorFlow does any work."""
+import dataclasses
 import os
 import re
 import subprocess
 import sys
 
+from absl import flags
 import pytest
 
+from mnist import cli
 from mnist import config as config_lib
 from mnist import errors
 
@@ -98,3 +101,27 @@ def test_help_lists_every_training_flag():
   result = _run_script('--help')  # absl exits 1 after --help; the text is what counts.
   for name in config_lib.TrainConfig.__dataclass_fields__:
     assert f'--{name}' in result.stdout or f'--[no]{name}' in result.stdout, name
+
+
+def _flags_in_build_md_tables() -> set:
+  """Every --flag named in the first cell of a table row of BUILD.md."""
+  with open(os.path.join(REPO, 'BUILD.md')) as f:
+    rows = [line for line in f if line.startswith('| `--')]
+  return {name for row in rows for name in re.findall(r'`--([a-z0-9_]+)`', row.split('|')[1])}
+
+
+def test_build_md_has_a_row_for_every_config_flag():
+  documented = _flags_in_build_md_tables()
+  missing = [field.name for field in dataclasses.fields(config_lib.TrainConfig)
+             if field.name not in documented]
+  assert not missing, f'BUILD.md has no table row for --{", --".join(missing)}'
+
+
+def test_every_config_field_declares_its_help_and_its_flag_says_it():
+  flag_values = flags.FlagValues()
+  cli.define_train_flags(flag_values)
+  for field in dataclasses.fields(config_lib.TrainConfig):
+    assert field.metadata['help'], field.name
+    assert flag_values[field.name].help.startswith(field.metadata['help'])
+    assert flag_values[field.name].default == field.default
+  assert 'One of: seed_cnn' in flag_values['model'].help
