@@ -180,6 +180,11 @@ class TrainConfig:
       'weights moved this far (L2) up the gradient, so it costs two forward and backward '
       'passes. Per replica. 0: off.',
       check=_at_least(0, ' (0: off)'))
+  mixup_alpha: float = _flag(0.0,
+      'If > 0, mixup (Zhang et al. 2018): each training example is blended with a partner '
+      'of its batch, images and targets, by its own weight drawn from Beta(alpha, alpha); '
+      'before --augment. 0: off.',
+      check=_at_least(0, ' (0: off)'))
   dropout_rate: float = _flag(0.5,
       'Dropout before the logits layer (strided_cnn: also after each block).',
       check=_within(0, 1))
