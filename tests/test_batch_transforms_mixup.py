@@ -25,7 +25,8 @@ def test_partners_blend_images_and_targets_by_one_weight():
   np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
   for k in range(6):
     partner = k ^ 1
-    weight = soft[k, k]  # Each example's own class carries its weight.
+    weight = soft[k, k]  # Each example's own class carries its weight, the larger.
+    assert 0.5 <= weight <= 1
     assert soft[k, partner] == pytest.approx(1 - weight, abs=1e-6)
     np.testing.assert_allclose(mixed[k], weight * images[k] + (1 - weight) * images[partner],
                                atol=1e-6)
