@@ -130,7 +130,8 @@ def make_optimizer(config: config_lib.TrainConfig, total_steps: int):
   return optimizer
 
 
-def _averages(optimizer):
+def averages(optimizer):
+  """The weights' moving averages (EMA) the optimizer keeps, or None without EMA."""
   inner = getattr(optimizer, 'inner_optimizer', optimizer)
   # Keras keeps the EMA in the optimizer (so checkpoints hold it) but has no public
   # accessor short of finalize_variable_values, which overwrites for good.
@@ -145,10 +146,10 @@ def swap_ema(model: keras.Model, optimizer) -> bool:
   Swapping (not copying) keeps both sets exact and needs no extra memory; a
   second swap restores the model.
   """
-  averages = _averages(optimizer)
-  if averages is None:
+  averaged = averages(optimizer)
+  if averaged is None:
     return False
-  for variable, average in zip(model.trainable_variables, averages):
+  for variable, average in zip(model.trainable_variables, averaged):
     # A real copy: a tensor read from a variable can share its buffer, and would
     # change under the assign below.
     current = np.array(keras.ops.convert_to_numpy(variable.value), copy=True)

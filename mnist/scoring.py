@@ -67,7 +67,7 @@ def evaluate(eval_step, dataset, strategy: tf.distribute.Strategy,
         wrong = np.flatnonzero((y != p) & (w > 0))
         kept.extend((x[i], y[i], p[i]) for i in wrong[:keep_mistakes - len(kept)])
   totals = np.asarray(totals.numpy(), np.float64)
-  metrics = {**metrics_lib.values(totals[1:]), 'examples': int(round(totals[0])),
+  metrics = {**metrics_lib.values(totals[1:], totals[0]), 'examples': int(round(totals[0])),
              'confusion_matrix': np.rint(matrix.numpy()).astype(np.int64)}
   if keep_predictions:
     metrics.update({key: np.concatenate(parts) for key, parts in in_order.items()})

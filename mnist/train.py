@@ -36,6 +36,7 @@ from mnist import scoring
 from mnist import summaries
 from mnist import train_step
 
+
 @dataclasses.dataclass
 class TrainState:
   """What a checkpoint holds. `step` and `epoch` count completed steps and epochs;

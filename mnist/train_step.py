@@ -11,12 +11,14 @@ the host reads the device once per call, the one tensor the call returns.
 import contextlib
 from typing import Callable, Optional
 
+from absl import logging
 import keras
 import tensorflow as tf
 
 from mnist import batch_transforms
 from mnist import errors
 from mnist import losses as losses_lib
+from mnist import optim
 from mnist import randomness
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -92,8 +94,7 @@ def written_directly(optimizer: keras.optimizers.Optimizer, trainable: list) -> 
   """The variables an optimizer's apply writes around update_step, not through its
   assign methods: its step count, the weights' averages (EMA) and, with weight decay,
   the weights (Keras' _apply_weight_decay and EMA assign them themselves)."""
-  return ([optimizer.iterations]
-          + (optimizer._model_variables_moving_average if optimizer.use_ema else [])  # pylint: disable=protected-access
+  return ([optimizer.iterations] + list(optim.averages(optimizer) or [])
           + (list(trainable) if optimizer.weight_decay else []))
 
 
@@ -218,6 +219,10 @@ def make_train_steps(state, strategy: tf.distribute.Strategy, global_batch_size:
   resume point.
   """
   _check_jit_devices(strategy, jit_compile)
+  if jit_compile:
+    logging.info('--jit_compile: %s.', 'the gradient and the update in one XLA program'
+                 if whole_step_compiled(strategy, jit_compile) else
+                 'the gradient only, per replica (Keras all-reduces inside the update)')
   gradients = _Gradients(state.model, state.optimizer, global_batch_size, label_smoothing,
                          sam_rho, seed, batch_stage)
   update = _Update(state.model, state.optimizer)

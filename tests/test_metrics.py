@@ -35,7 +35,7 @@ def test_sums_over_two_halves_add_up_to_the_whole_batch():
             metrics.batch_sums(logits[30:], labels[30:], weights[30:]).numpy())
   np.testing.assert_allclose(whole, halves, rtol=1e-5, atol=1e-5)
   assert len(whole) == metrics.num_sums()
-  values = metrics.values(whole.astype(np.float64))
+  values = metrics.values(whole.astype(np.float64), count=60.0)
   predictions = np.argmax(logits.numpy()[:60], axis=-1)
   assert values['accuracy'] == pytest.approx(np.mean(predictions == labels.numpy()[:60]))
   assert set(values) == set(metrics.names())

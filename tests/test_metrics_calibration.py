@@ -35,14 +35,14 @@ def test_ece_matches_the_textbook_loop_and_adds_across_batches():
                              tf.constant(weights[i:i + 100])).numpy().astype(np.float64)
              for i in range(0, 500, 100))
   probabilities = tf.nn.softmax(logits).numpy().astype(np.float64)
-  assert calibration._ece(sums) == pytest.approx(_reference_ece(probabilities, labels),
+  assert calibration._ece(sums, 500.0) == pytest.approx(_reference_ece(probabilities, labels),
                                                  abs=1e-5)
 
 
 def test_a_perfectly_confident_right_model_has_no_calibration_error():
   logits = tf.one_hot([1, 2, 3], 10) * 100.0
   sums = calibration.ece(logits, tf.constant([1, 2, 3]), tf.ones([3])).numpy()
-  assert calibration._ece(sums) == pytest.approx(0.0, abs=1e-6)
+  assert calibration._ece(sums, 3.0) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_ece_is_declared_lower_is_better_for_results_and_sweeps():

@@ -25,7 +25,9 @@ class Metric:
   # (logits [B, C] float32, labels [B] int32, weights [B] float32: 1 real, 0 padding)
   # -> float32 [num_sums], each a sum over the batch's examples.
   sums: Callable
-  value: Callable  # (the sums over the whole split, float64 [num_sums]) -> float.
+  # (the sums over the whole split, float64 [num_sums], its example count) -> float.
+  # The count is summed once for all metrics (mnist/scoring.py), not by each.
+  value: Callable
 
 
 _REGISTRY: Dict[str, Metric] = {}
@@ -74,11 +76,11 @@ def batch_sums(logits, labels, weights):
                     for metric in _REGISTRY.values()], axis=0)
 
 
-def values(sums: Sequence[float]) -> Dict[str, float]:
-  """{name: value} from batch_sums added over a whole split."""
+def values(sums: Sequence[float], count: float) -> Dict[str, float]:
+  """{name: value} from batch_sums added over a whole split of `count` examples."""
   found, start = {}, 0
   for metric in _REGISTRY.values():
-    found[metric.name] = float(metric.value(sums[start:start + metric.num_sums]))
+    found[metric.name] = float(metric.value(sums[start:start + metric.num_sums], count))
     start += metric.num_sums
   return found
 

@@ -4,13 +4,13 @@ from mnist import metrics
 BINS = 15  # Equal-width confidence bins over [0, 1].
 
 
-def _ece(sums) -> float:
-  """sums: per bin [summed confidence, correct count], then the example count."""
-  confidence, correct, count = sums[:BINS], sums[BINS:2 * BINS], sums[-1]
+def _ece(sums, count) -> float:
+  """sums: per bin the summed confidences, then per bin the correct predictions."""
+  confidence, correct = sums[:BINS], sums[BINS:]
   return float(sum(abs(c - k) for c, k in zip(confidence, correct)) / max(count, 1.0))
 
 
-@metrics.register('ece', higher_is_better=False, num_sums=2 * BINS + 1, value=_ece)
+@metrics.register('ece', higher_is_better=False, num_sums=2 * BINS, value=_ece)
 def ece(logits, labels, weights):
   """Per confidence bin, the confidences and the correct predictions summed: a bin's
   |accuracy - mean confidence| weighted by its share of examples is |their difference|
@@ -23,5 +23,4 @@ def ece(logits, labels, weights):
   # Bin b holds confidences in (b/BINS, (b+1)/BINS]; a confidence of exactly 0 cannot occur.
   bins = tf.clip_by_value(tf.cast(tf.math.ceil(confidence * BINS), tf.int32) - 1, 0, BINS - 1)
   per_bin = lambda values: tf.math.unsorted_segment_sum(values * weights, bins, BINS)
-  return tf.concat([per_bin(confidence), per_bin(correct), tf.reduce_sum(weights)[None]],
-                   axis=0)
+  return tf.concat([per_bin(confidence), per_bin(correct)], axis=0)
