@@ -1,6 +1,6 @@
 # `make train`, `make test` (every test), `make check` (the linter and the fast tier, for
-# the edit-test loop) and `make lint`. Each creates .venv on demand; on a GPU machine run
-# `make venv-gpu` first (below).
+# the edit-test loop), `make lint` and `make docs` (BUILD.md's flag table). Each creates
+# .venv on demand; on a GPU machine run `make venv-gpu` first (below).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +15,7 @@ endif
 TRAIN_FLAGS ?=
 PYTEST_FLAGS ?=
 
-.PHONY: venv venv-gpu train test check lint clean
+.PHONY: venv venv-gpu train test check lint docs clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -48,6 +48,10 @@ check: lint
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# BUILD.md's table of training flags, written from their declarations (mnist/config.py).
+docs: venv
+	$(PY) scripts/docs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

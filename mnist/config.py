@@ -25,13 +25,15 @@ MODELS = models.names()  # The registry's (mnist/models/), read without TensorFl
 SCHEDULES = ('constant', 'one_cycle', 'warmup_cosine')
 
 
-def _flag(default, help: str, check=None, data: bool = False):
+def _flag(default, help: str, check=None, data: bool = False, doc=''):
   """A TrainConfig field declared once: its default, its flag's --help, and its check,
   (predicate, what a valid value is); `data`: one of the flags every script reading a
-  run defines (cli.define_data_flags). The absl flags (mnist/cli.py), --help and the
-  check before TensorFlow loads all derive from it."""
-  return dataclasses.field(default=default,
-                           metadata={'help': help, 'check': check, 'data': data})
+  run defines (cli.define_data_flags); `doc`: what BUILD.md's flag table says after
+  the help (measurements, references), or a function returning it. The absl flags
+  (mnist/cli.py), --help, the check before TensorFlow loads and BUILD.md's table
+  (mnist/flag_docs.py, `make docs`) all derive from it."""
+  return dataclasses.field(default=default, metadata={'help': help, 'check': check,
+                                                      'data': data, 'doc': doc})
 
 
 _NOT_EMPTY = (bool, 'must not be empty')
@@ -81,7 +83,9 @@ class TrainConfig:
       'Checkpoints, TensorBoard events, config.json and results.json go here. Rerunning '
       'with the same --model_dir resumes.',
       check=_NOT_EMPTY,
-      data=True)
+      data=True,
+      doc=('results.json also holds `hardware`: the CPU model, cores, ISA features and GPUs, '
+           'logged first too.'))
   dataset: str = _flag('mnist',
       'TFDS image-classification dataset with 28x28x1 images.',
       check=_NOT_EMPTY,
@@ -117,16 +121,22 @@ class TrainConfig:
       data=True)
   model: str = _flag('seed_cnn',
       'The model (mnist/models/).',
-      check=_one_of(lambda: MODELS))
+      check=_one_of(lambda: MODELS),
+      doc=models.describe)
   batch_norm: bool = _flag(False,
-      'Batch normalisation after each conv.')
+      'Batch normalisation after each conv.',
+      doc="TensorFlow's fused kernel (`mnist/batch_norm.py`).")
   width: float = _flag(1.0,
       'Multiplies the channels of every conv and hidden dense layer of --model (1: the '
       'model as described).',
-      check=(lambda v: 0 < v <= 16, 'must be in (0, 16]'))
+      check=(lambda v: 0 < v <= 16, 'must be in (0, 16]'),
+      doc=("Rounded; the logits stay 10. oneDNN's bfloat16 kernels are sensitive to channel "
+           'counts: `strided_cnn` at 1.5 (48/96/192) trained 1,657 images/s in a bare step '
+           'and at 1.25 (40/80/160) only 805.'))
   augment: bool = _flag(False,
       'Random shifts, rotations, scales and optionally an elastic distortion while '
-      'training, in one resample (sizes below); never at evaluation.')
+      'training, in one resample (sizes below); never at evaluation.',
+      doc='`mnist/augment.py`; inactive at evaluation, export and prediction.')
   # Their largest sizes, each drawn uniformly in [-max, max] per image.
   augment_shift_pixels: float = _flag(2.0,
       'With --augment: largest shift, in pixels, each way and axis.',
@@ -154,7 +164,10 @@ class TrainConfig:
       check=_above(0))
   lr_schedule: str = _flag('constant',
       'Learning-rate schedule over all --epochs; --learning_rate is the peak.',
-      check=_one_of(lambda: SCHEDULES))
+      check=_one_of(lambda: SCHEDULES),
+      doc=('`one_cycle`: linear warm-up from peak/25, linear decay to peak/2500; '
+           "`warmup_cosine`: Keras' `CosineDecay` with warm-up, its warm-up chosen without a "
+           '`cond` (`mnist/optim.py`).'))
   warmup_fraction: float = _flag(0.2,
       'Fraction of all steps spent warming up (one_cycle, warmup_cosine).',
       check=_within(0, 1))
@@ -167,24 +180,41 @@ class TrainConfig:
   weight_decay: float = _flag(0.0,
       'Decoupled weight decay (AdamW-style) of conv and dense kernels: each step scales '
       'them by 1 - weight_decay * learning rate. 0: off.',
-      check=_within(0, 1, ' (0: off)'))
+      check=_within(0, 1, ' (0: off)'),
+      doc='Biases and batch-norm parameters are excluded.')
   label_smoothing: float = _flag(0.0,
       'Label smoothing of the train loss.',
-      check=_within(0, 1))
+      check=_within(0, 1),
+      doc='The eval loss is plain cross-entropy.')
   ema_momentum: float = _flag(0.0,
       'If > 0, keep an exponential moving average of the weights with this momentum and '
       'evaluate (and export) it.',
-      check=_within(0, 1, ' (0: off)'))
+      check=_within(0, 1, ' (0: off)'),
+      doc=("Keras' weight averaging, kept in the optimizer, so checkpointed; every eval, "
+           '`results.json`, `evaluate.py`, `predict.py` and `export.py` use the averages. '
+           "The first epochs' evals sit near chance (below the table)."))
   sam_rho: float = _flag(0.0,
       'If > 0, sharpness-aware minimisation (SAM): each step takes the gradient at the '
       'weights moved this far (L2) up the gradient, so it costs two forward and backward '
       'passes. Per replica. 0: off.',
-      check=_at_least(0, ' (0: off)'))
+      check=_at_least(0, ' (0: off)'),
+      doc=('Foret et al. 2021: the weights move along the normalised gradient, and the '
+           'gradient there is applied to the weights themselves. The second pass sees the '
+           'same augmentation, dropout and training-batch transform as the first (its random '
+           'state is passed to `stateless_call`, so no variable is written) and its batch-'
+           'norm statistics are dropped. Under several replicas each replica moves along its '
+           'own gradient, so N replicas no longer train exactly like one device.'))
   mixup_alpha: float = _flag(0.0,
       'If > 0, mixup (Zhang et al. 2018): each training example is blended with a partner '
       'of its batch, images and targets, by its own weight drawn from Beta(alpha, alpha); '
       'before --augment. 0: off.',
-      check=_at_least(0, ' (0: off)'))
+      check=_at_least(0, ' (0: off)'),
+      doc=('`mnist/batch_transforms/mixup.py`: examples 2k and 2k+1 of each batch are '
+           'partners, and each keeps the larger share of its blend. Per-example randomness: '
+           "1 device, N replicas and N workers blend alike whenever each replica's batch is "
+           "even. `--label_smoothing` smooths the soft targets; SAM's second pass reuses the "
+           "blended batch. Training loss and accuracy are against the blends' targets and "
+           'the original labels.'))
   dropout_rate: float = _flag(0.5,
       'Dropout before the logits layer (strided_cnn: also after each block).',
       check=_within(0, 1))
@@ -195,7 +225,8 @@ class TrainConfig:
       'uses all local GPUs, or --cpu_devices logical CPUs; multi_worker: '
       'MultiWorkerMirroredStrategy over the cluster in $TF_CONFIG, else the srun step this '
       "process is a task of (Slurm's variables); tpu: TPUStrategy (untested here).",
-      check=_one_of(lambda: STRATEGIES))
+      check=_one_of(lambda: STRATEGIES),
+      doc='`one_device`: the first GPU, else the CPU. See Scale-out.')
   cpu_devices: int = _flag(1,
       'Split the CPU into this many logical devices (for --strategy=mirrored on a machine '
       'without GPUs).',
@@ -204,11 +235,13 @@ class TrainConfig:
   collective_communication: str = _flag('auto',
       'multi_worker all-reduce implementation (nccl needs GPUs; auto: '
       'nccl when every device of the worker is a GPU, else ring).',
-      check=_one_of(lambda: COLLECTIVE_COMMUNICATIONS))
+      check=_one_of(lambda: COLLECTIVE_COMMUNICATIONS),
+      doc='`CommunicationOptions(implementation=...)`; `nccl` is refused without GPUs.')
   collective_timeout_seconds: float = _flag(0.0,
       'multi_worker: a collective op that takes longer fails the run (catches a worker that '
       'is alive but stuck). 0: no limit. Costs a thread per collective.',
-      check=_at_least(0, ' (0: none)'))
+      check=_at_least(0, ' (0: none)'),
+      doc='`CommunicationOptions(timeout_seconds=...)`.')
   worker_heartbeat_timeout_seconds: int = _flag(30,
       'multi_worker: a worker that sends no heartbeat for this long is declared lost and '
       'the others stop (exit 75).',
@@ -218,46 +251,70 @@ class TrainConfig:
       'or all fail.',
       check=_above(0))
   jit_compile: bool = _flag(False,
-      'Compile the train step with XLA.')
+      'Compile the train step with XLA.',
+      doc=('With one replica in sync the gradient and the update are one XLA program, with '
+           'more the gradient alone (How training works). Not with `--deterministic`. On '
+           'these CPUs XLA measured 2-3x slower (Measured).'))
   mixed_precision: str = _flag('float32',
       'Keras dtype policy. auto: '
       'mixed_bfloat16 where the hardware computes bfloat16 natively (CPUs with AVX-512 BF16 '
       'or AMX, GPUs from compute capability 8.0), mixed_float16 on GPUs 7.x, else float32.',
-      check=_one_of(lambda: PRECISION_CHOICES))
+      check=_one_of(lambda: PRECISION_CHOICES),
+      doc=("`mixed_float16` uses Keras 3's `LossScaleOptimizer`; `auto` is decided in "
+           '`mnist/hardware.py`. A policy asked for by name where the hardware would emulate '
+           'it (bfloat16 on a CPU without AVX-512 BF16 or AMX, float16 on any CPU) runs, '
+           'with a warning in the log and the benchmark header '
+           '(`hardware.emulated_precision`; bfloat16 on an AVX2-only EPYC: 8.7x slower than '
+           'float32). Resolved before anything is built: `config.json`, `results.json` and '
+           'HParams hold the policy, never `auto`. A run resumed under another precision '
+           'logs which (float32 and bfloat16 checkpoints are interchangeable); a float16 '
+           'checkpoint (loss-scale variables) under another is refused naming both.'))
   log_every_steps: int = _flag(100,
       'Write train summaries and a progress line every N steps.',
       check=_above(0))
-  # Train steps per tf.function call. 10 measured +8-15% images/s over 1 on the
-  # 2-core CPU (fewer host round trips; BUILD.md, Measured) and costs nothing else:
-  # calls still end at every log, checkpoint and epoch boundary.
   steps_per_loop: int = _flag(10,
       'Train steps run inside one tf.function call.',
-      check=_above(0))
+      check=_above(0),
+      doc=('Calls still end at every log, checkpoint and epoch boundary, and a stop signal '
+           'is seen between calls. 10 measured +8-15% images/s over 1 on the 2-core CPU '
+           '(fewer host round trips; Measured).'))
   # The default strategy only: the training split as device tensors, each batch
   # gathered on the device inside the loop (mnist/device_input.py); the same batches.
   input_on_device: bool = _flag(False,
       'With --strategy=default: keep the training split on the device and gather each batch '
       'there inside the compiled loop, instead of a tf.data batch copied from the host '
-      'every step. The same batches in the same order, so the same weights.')
+      'every step. The same batches in the same order, so the same weights.',
+      doc=('Refused with the other strategies: their distributed iterators already prefetch '
+           "each replica's share to its device. Each step gathers its batch in the tf.data "
+           "pipeline's order (tf.data's own shuffle of the indices with the epoch's seed), "
+           "normalised through a 256-entry table made by the pipeline's op (Grappler turns "
+           '`x / 255` in the loop into `x * (1/255)`, 1 ulp off), so a `--deterministic` run '
+           'ends with the same `weights_sha256` (`tests/test_device_input.py`). Off by '
+           "default: see Measured for CPU; on a GPU it saves each step's host-to-device copy "
+           '(not measured here).'))
   checkpoints_to_keep: int = _flag(3,
       'How many recent checkpoints CheckpointManager keeps.',
-      check=_above(0))
+      check=_above(0),
+      doc="CheckpointManager's `max_to_keep`.")
   checkpoint_every_steps: int = _flag(0,
       'Also checkpoint every N steps (0: only at each epoch end). A killed run loses at '
       'most N steps.',
       check=_at_least(0))
   deterministic: bool = _flag(False,
       'Deterministic ops and input: reruns and resumed runs end with bit-identical weights '
-      '(same weights_sha256). Slower.')
+      '(same weights_sha256). Slower.',
+      doc='Not with `--jit_compile` (XLA has no deterministic MaxPool gradient).')
   nan_policy: str = _flag('stop',
       'On a non-finite loss or gradient norm: stop (exit 3, last checkpoint kept) or '
       'skip_step (drop that update, count it).',
-      check=_one_of(lambda: NAN_POLICIES))
+      check=_one_of(lambda: NAN_POLICIES),
+      doc='Skipped steps are counted in TensorBoard as `nonfinite_steps_skipped`.')
   profile_steps: Optional[str] = _flag(None,
       'START,END: trace train steps START..END (1-based, rounded to --steps_per_loop calls) '
       "into MODEL_DIR/plugins/profile for TensorBoard's Profile tab. Empty: no trace.",
       check=(lambda v: not v or _step_range(v),
-             'must be START,END with 1 <= START < END (e.g. 10,20)'))
+             'must be START,END with 1 <= START < END (e.g. 10,20)'),
+      doc='See TensorBoard.')
   epoch_summaries: bool = _flag(True,
       'Per-epoch TensorBoard images (confusion matrix, misclassified digits) and '
       'histograms. Off for speed runs.')

@@ -103,20 +103,6 @@ def test_help_lists_every_training_flag():
     assert f'--{name}' in result.stdout or f'--[no]{name}' in result.stdout, name
 
 
-def _flags_in_build_md_tables() -> set:
-  """Every --flag named in the first cell of a table row of BUILD.md."""
-  with open(os.path.join(REPO, 'BUILD.md')) as f:
-    rows = [line for line in f if line.startswith('| `--')]
-  return {name for row in rows for name in re.findall(r'`--([a-z0-9_]+)`', row.split('|')[1])}
-
-
-def test_build_md_has_a_row_for_every_config_flag():
-  documented = _flags_in_build_md_tables()
-  missing = [field.name for field in dataclasses.fields(config_lib.TrainConfig)
-             if field.name not in documented]
-  assert not missing, f'BUILD.md has no table row for --{", --".join(missing)}'
-
-
 def test_every_config_field_declares_its_help_and_its_flag_says_it():
   flag_values = flags.FlagValues()
   cli.define_train_flags(flag_values)

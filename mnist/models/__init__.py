@@ -45,6 +45,14 @@ def get(name: str) -> Model:
   return _REGISTRY[name]
 
 
+def describe() -> str:
+  """Every model with the options it takes and its builder's docstring (BUILD.md's
+  --model row, mnist/flag_docs.py)."""
+  return ' '.join(
+      f'`{m.name}` (takes {", ".join("--" + o for o in m.takes) or "no options"}): '
+      f'{" ".join(m.build.__doc__.split())}' for m in _REGISTRY.values())
+
+
 def refused_options(name: str, values: dict, defaults: dict) -> list:
   """The options set away from their default for a model that does not take them."""
   takes = get(name).takes
