@@ -50,7 +50,7 @@ def test_a_stale_table_is_rewritten_and_the_text_around_it_kept():
   written = flag_docs.rewrite(text)
   assert written.startswith(f'# Flags\nbefore\n{flag_docs.BEGIN}\n| flag | default |')
   assert written.endswith(f'|\n{flag_docs.END}\nafter\n')
-  assert '--old' not in written and '| `--mixup_alpha` | 0 | ' in written
+  assert '--old' not in written and '| `--epochs` | 5 | ' in written
   assert flag_docs.rewrite(written) == written
 
 
