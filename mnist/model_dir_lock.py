@@ -41,6 +41,11 @@ LOCK_FILE = 'train.lock'
 # A holder writes its identity right after locking; a refused run that reads the
 # file in that instant finds it empty and looks again, for at most this long.
 _IDENTITY_WAIT_SECONDS = 1.0
+# A probe (`refuse_if_held`) holds a shared lock for the instant between its open and
+# close, and the workers of one multi-worker run all probe as they start: a conflict
+# is retried this long before it counts as a holder (a real one holds it for the run).
+# Without it, one worker's probe refused another's (make test on the AMX Xeon, once).
+_CONFLICT_RETRY_SECONDS = 0.2
 # Errors that mean "this filesystem cannot lock" rather than "someone holds it":
 # no lock manager (NFS mounted without lockd), Lustre mounted with noflock, FUSE.
 _UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
@@ -124,7 +129,7 @@ def refuse_if_held(model_dir: str):
   except OSError:
     return  # No lock file (a new run) or none readable: `hold` reports what it finds.
   try:
-    _lock_or_refuse(fd, model_dir)
+    _lock_or_refuse(fd, model_dir, shared=True)  # Probes never conflict with each other.
   finally:
     os.close(fd)  # Releases the probe's lock, if it got one.
 
@@ -163,17 +168,22 @@ def hold(model_dir: str) -> Iterator[None]:
       os.close(fd)  # Releases the lock. The file stays: deleting it would race a waiter.
 
 
-def _lock_or_refuse(fd: int, model_dir: str) -> Optional[OSError]:
-  """Locks `fd` without waiting: None once locked; ModelDirInUseError naming the holder
-  if another process holds it; any other failure returned."""
-  try:
-    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError as e:
-    if e.errno in (errno.EACCES, errno.EAGAIN):
+def _lock_or_refuse(fd: int, model_dir: str, shared: bool = False) -> Optional[OSError]:
+  """Locks `fd` (exclusively, or shared for a probe) without waiting on a holder: None
+  once locked; ModelDirInUseError naming the holder if another process still holds it
+  after _CONFLICT_RETRY_SECONDS; any other failure returned."""
+  deadline = time.monotonic() + _CONFLICT_RETRY_SECONDS
+  while True:
+    try:
+      fcntl.lockf(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+      return None
+    except OSError as e:
+      if e.errno not in (errno.EACCES, errno.EAGAIN):
+        return e
+    if time.monotonic() > deadline:
       raise errors.ModelDirInUseError(
           describe_holder(model_dir, _read_identity(fd))) from None
-    return e
-  return None
+    time.sleep(0.01)
 
 
 def _lock(fd: int, path: str, model_dir: str) -> Optional[tuple]:

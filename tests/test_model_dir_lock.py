@@ -45,11 +45,21 @@ _LOCK_ONLY = ('import fcntl, os, sys\n'
               'fcntl.lockf(fd, fcntl.LOCK_EX)\n'
               'print("holding", flush=True)\n'
               'sys.stdin.read()\n')
+# A probe of refuse_if_held caught holding its shared lock; with a delay (argv[2] s),
+# it lets go of it after that long, as a real probe does after an instant.
+_PROBE = ('import fcntl, os, sys, time\n'
+          'fd = os.open(sys.argv[1] + "/train.lock", os.O_RDWR | os.O_CREAT)\n'
+          'fcntl.lockf(fd, fcntl.LOCK_SH)\n'
+          'print("holding", flush=True)\n'
+          'if len(sys.argv) > 2:\n'
+          '  time.sleep(float(sys.argv[2]))\n'
+          '  os.close(fd)\n'
+          'sys.stdin.read()\n')
 _GUARD_SECONDS = 60
 
 
-def _start_holder(model_dir, script=_HOLD, **env) -> subprocess.Popen:
-  holder = subprocess.Popen([sys.executable, '-c', script, str(model_dir)],
+def _start_holder(model_dir, script=_HOLD, *args, **env) -> subprocess.Popen:
+  holder = subprocess.Popen([sys.executable, '-c', script, str(model_dir), *args],
                             env={**_ENV, **env},
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -133,6 +143,35 @@ def test_the_early_check_refuses_while_held_and_writes_nothing(tmp_path):
   with model_dir_lock.hold(str(tmp_path)):  # Our own hold is not refused or dropped.
     model_dir_lock.refuse_if_held(str(tmp_path))
     assert _try_lock(tmp_path).returncode == 2
+
+
+@pytest.mark.slow
+def test_the_early_checks_of_one_runs_workers_do_not_refuse_each_other(tmp_path):
+  # Every worker of a multi-worker run probes as it starts; one probe caught mid-flight
+  # by another must not look like a run in progress (make test failed on that once).
+  (tmp_path / model_dir_lock.LOCK_FILE).write_text('{"pid": 1}\n')  # An old run's.
+  probe = _start_holder(tmp_path, _PROBE)
+  try:
+    model_dir_lock.refuse_if_held(str(tmp_path))
+  finally:
+    _stop(probe)
+
+
+@pytest.mark.slow
+def test_taking_the_lock_waits_out_a_probe_but_not_a_holder(tmp_path):
+  probe = _start_holder(tmp_path, _PROBE, '0.05')  # Lets go after 50 ms.
+  try:
+    with model_dir_lock.hold(str(tmp_path)):
+      pass
+  finally:
+    _stop(probe)
+  probe = _start_holder(tmp_path, _PROBE)  # Never lets go: refused.
+  try:
+    with pytest.raises(errors.ModelDirInUseError):
+      with model_dir_lock.hold(str(tmp_path)):
+        pass
+  finally:
+    _stop(probe)
 
 
 @pytest.mark.slow
