@@ -105,6 +105,13 @@ def define_export_flags():
   flags.DEFINE_bool('tflite', False, 'Also write EXPORT_DIR/model.tflite (TFLite).')
 
 
+def define_train_script_flags(flag_values: flags.FlagValues = FLAGS):
+  """scripts/train.py's flags, the training and the runtime ones: what BUILD.md's flag
+  table lists (mnist/flag_docs.py)."""
+  define_train_flags(flag_values)
+  define_runtime_flags(flag_values)
+
+
 def define_runtime_flags(flag_values: flags.FlagValues = FLAGS):
   """oneDNN, thread-pool and GPU flags, applied before and right after TensorFlow loads."""
   d, fv = runtime.RuntimeConfig(), {'flag_values': flag_values}
@@ -130,8 +137,7 @@ def define_runtime_flags(flag_values: flags.FlagValues = FLAGS):
 def define_benchmark_flags():
   """The training flags (same model, data, strategy, precision, XLA), runtime flags
   and the benchmark's own. Call once, at a script's import time."""
-  define_train_flags()
-  define_runtime_flags()
+  define_train_script_flags()
   d = benchmark_config.BenchmarkConfig()
   flags.DEFINE_integer('warmup_steps', d.warmup_steps,
                        'Untimed steps first (tracing, the first shuffle-buffer fill).')

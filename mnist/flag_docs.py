@@ -35,8 +35,7 @@ def _meaning(name: str, flag: flags.Flag) -> str:
 def table() -> str:
   """The Markdown table of scripts/train.py's flags, in the order they are defined."""
   flag_values = flags.FlagValues()
-  cli.define_train_flags(flag_values)
-  cli.define_runtime_flags(flag_values)
+  cli.define_train_script_flags(flag_values)
   rows = ['| flag | default | meaning |', '| --- | --- | --- |']
   for name in flag_values:  # In definition order.
     flag = flag_values[name]

@@ -21,8 +21,7 @@ from mnist import cli
 from mnist import runtime
 from mnist import speedrun
 
-cli.define_train_flags()
-cli.define_runtime_flags()  # Passed on to every training process.
+cli.define_train_script_flags()  # The runtime ones are passed on to every training process.
 flags.DEFINE_integer('seeds', 5, 'How many seeds (--first_seed onwards).', lower_bound=1)
 flags.DEFINE_integer('first_seed', 0, 'The first seed; more seeds can then be added later.',
                      lower_bound=0)

@@ -9,8 +9,7 @@ from mnist import cli
 from mnist import model_dir_lock
 from mnist import runtime
 
-cli.define_train_flags()
-cli.define_runtime_flags()
+cli.define_train_script_flags()
 
 
 def main(argv):
